@@ -1,0 +1,163 @@
+"""mrl.json: the single source of truth about an artifact, and the atomic writes around it.
+
+Fields (FORMAT_VERSION 1):
+  format_version, mrl_deploy_version, created
+  source        {kind, path, sha256, options}   options rebuild the torch reference
+  full_dim, nesting_dims, exported_dims
+  normalization "truncate-then-l2" (emb_m = z[:m] / ||z[:m]||)
+  pre_truncation null | "layer_norm" (applied to the full z before slicing)
+  head          null | "separate" (MRL: one head per nesting dim) | "shared" (MRL-E)
+  inputs        [{name, dtype, shape}]  shape entries are ints or axis names ("batch", "sequence")
+  preprocessing {...}  e.g. image mean/std/size, or tokenizer file and max_seq_length
+  outputs       [{name, kind: embedding|logits, dim, classes?}]
+  labels        class names or null
+  opset
+  models        {variant: {file, precision, verification: {output: {max_abs_diff, mean_abs_diff,
+                 min_cosine, top1_agreement?}}, ...}}   variants: fp32, fp16, int8, tensorrt
+  flops         {unit, encoder, heads: {dim: flops}}
+  files         {relative path: sha256}   every file but mrl.json
+  cascade       null | calibrated thresholds and summary
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "mrl.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ArtifactError(f"artifact directory not found: {directory}")
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not an mrl-deploy artifact: no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "format_version" not in manifest:
+        raise ArtifactError(f"{path} is not an mrl-deploy manifest")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format version {manifest['format_version']}; this mrl-deploy reads "
+            f"up to {FORMAT_VERSION}: upgrade mrl-deploy"
+        )
+    return manifest
+
+
+def verify_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists must exist and match its sha256."""
+    directory = Path(directory)
+    for name, expected in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"artifact file missing: {path}")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"checksum mismatch for {path}: the file was modified or corrupted")
+
+
+def record_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Fill manifest['files'] with the sha256 of every file in the directory but mrl.json."""
+    directory = Path(directory)
+    manifest["files"] = {
+        str(path.relative_to(directory)): sha256_file(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temp file beside `path` and rename it over: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_manifest(directory: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Set top-level manifest fields (e.g. cascade=...) atomically; returns the new manifest."""
+    manifest = read_manifest(directory)
+    manifest.update(fields)
+    write_json_atomic(Path(directory) / MANIFEST_NAME, manifest)
+    return manifest
+
+
+@contextmanager
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory in a temp sibling and move it into place only if the block succeeds.
+
+    A failure leaves nothing behind, and an artifact already at `target` stays intact until the
+    new one is complete. A non-empty `target` that is not an artifact is refused, never replaced.
+    """
+    target = Path(target).resolve()
+    if target.exists():
+        if not target.is_dir():
+            raise ArtifactError(f"{target} exists and is not a directory")
+        if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
+            raise ArtifactError(f"{target} is a non-empty directory that is not an artifact: refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            backup.rmdir()
+            os.replace(target, backup)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(backup, target)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def output_names(manifest: dict[str, Any], kind: str | None = None) -> list[str]:
+    return [o["name"] for o in manifest["outputs"] if kind is None or o["kind"] == kind]
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,132 @@
+"""ONNX Runtime with the CPU, CUDA and TensorRT execution providers.
+
+ORT falls back to CPU silently when a provider cannot start (onnxruntime-gpu even lists CUDA on a
+machine without a GPU), so every session's get_providers() is checked against what was asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, MissingExtraError, RuntimeUnavailableError, require
+from .base import Runtime
+
+
+def session_options(threads: int | None = None):
+    ort = require("onnxruntime", "cpu", "the ONNX Runtime runtimes")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # keep ORT's warnings off the user's terminal
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
+def create_session(model_path: str | Path, providers: list, threads: int | None = None):
+    """An InferenceSession that runs on exactly `providers` (CPU may be appended as the
+    fallback for unsupported nodes only when it is listed); raises if ORT silently dropped one."""
+    ort = require("onnxruntime", "cpu", "the ONNX Runtime runtimes")
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ArtifactError(f"model file not found: {model_path}")
+    wanted = [p if isinstance(p, str) else p[0] for p in providers]
+    available = ort.get_available_providers()
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise RuntimeUnavailableError(
+            f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)}); "
+            "install mrl-deploy[gpu] (onnxruntime-gpu) on a machine with a GPU, or use --runtime ort-cpu"
+        )
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for corrupt or invalid graphs
+        if any(tag in type(exc).__name__ for tag in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile")):
+            raise ArtifactError(f"cannot load {model_path}: {str(exc).splitlines()[0][:300]}") from None
+        raise
+    got = session.get_providers()
+    dropped = [p for p in wanted if p not in got]
+    if dropped:
+        raise RuntimeUnavailableError(
+            f"ONNX Runtime could not start {', '.join(dropped)} (it fell back to {', '.join(got)}): "
+            "check the GPU, CUDA/cuDNN and TensorRT libraries, or use --runtime ort-cpu"
+        )
+    return session
+
+
+class OrtRuntime(Runtime):
+    name = "ort"
+    providers: list = ["CPUExecutionProvider"]
+    extra = "cpu"
+
+    def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None, model_path: str | Path | None = None):
+        super().__init__(artifact, variant=variant, threads=threads)
+        self.model_path = Path(model_path) if model_path else artifact.model_file(variant)
+        self.session = None
+
+    def provider_list(self) -> list:
+        return list(self.providers)
+
+    def _activate(self) -> None:
+        self.session = create_session(self.model_path, self.provider_list(), self.threads)
+        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def _infer(self, feed, outputs):
+        feed = {name: _as_ort_type(value, self._input_types.get(name)) for name, value in feed.items()}
+        names = outputs or [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, feed)
+        return {name: np.asarray(value, dtype=np.float32) if value.dtype == np.float16 else value for name, value in zip(names, values)}
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    @property
+    def device(self) -> str:
+        return ",".join(self.session.get_providers()) if self.session else "inactive"
+
+
+class OrtCpuRuntime(OrtRuntime):
+    name = "ort-cpu"
+    providers = ["CPUExecutionProvider"]
+
+
+class OrtCudaRuntime(OrtRuntime):
+    name = "ort-cuda"
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    extra = "gpu"
+
+
+class OrtTensorrtRuntime(OrtRuntime):
+    name = "ort-trt"
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    extra = "gpu"
+
+    def provider_list(self) -> list:
+        cache = str(self.model_path.parent / ".trt_cache")
+        fp16 = self.variant == "fp16"
+        return [
+            ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_fp16_enable": fp16}),
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+}
+
+
+def _as_ort_type(value, ort_type):
+    dtype = _ORT_TYPES.get(ort_type)
+    value = np.asarray(value)
+    if dtype is not None and value.dtype != dtype:
+        value = value.astype(dtype)
+    return np.ascontiguousarray(value)
+
+
+__all__ = ["OrtCpuRuntime", "OrtCudaRuntime", "OrtTensorrtRuntime", "create_session", "MissingExtraError"]
