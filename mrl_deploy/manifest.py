@@ -91,6 +91,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=False, default=_json_default)
             handle.write("\n")
@@ -125,6 +126,7 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
             raise ArtifactError(f"{target} is a non-empty directory that is not an artifact: refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would make a shared artifact unreadable to others
     try:
         yield staging
         if target.exists():

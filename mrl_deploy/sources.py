@@ -82,3 +82,285 @@ class SourceModel:
             else:
                 feed[spec.name] = rng.integers(0, 100, size=shape).astype(spec.dtype)
         return feed
+
+
+# --- detection ------------------------------------------------------------------------------
+
+SOURCE_KINDS = ("resnet50-mrl", "sentence-transformers", "mrl-deploy", "factory")
+
+
+def detect_kind(spec: str | Path) -> str:
+    """Which loader a SOURCE string needs, from what the path holds."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        if (path / "mrl_model.json").is_file():
+            return "mrl-deploy"
+        if any((path / name).is_file() for name in ("modules.json", "config_sentence_transformers.json", "config.json")):
+            return "sentence-transformers"
+        raise SourceError(
+            f"{path} is a directory but holds no mrl_model.json (mrl-deploy train checkpoint) and no "
+            "modules.json / config.json (sentence-transformers or Hugging Face model)"
+        )
+    if path.is_file():
+        if path.suffix.lower() in (".pt", ".pth", ".tar", ".ckpt", ".bin"):
+            return "resnet50-mrl"
+        raise SourceError(f"{path}: unsupported source file; expected an MRL ResNet-50 checkpoint (.pt/.pth)")
+    if _looks_like_factory(text):
+        return "factory"
+    raise SourceError(f"source not found: {text} (a file, a model directory, or package.module:factory)")
+
+
+def load_source(spec: str | Path, kind: str | None = None, **options: Any) -> SourceModel:
+    """Load SOURCE as a SourceModel. `options` depend on the kind (nesting_dims, input_shape,
+    pre_truncation, trust_remote_code, max_seq_length); unknown ones are refused."""
+    kind = kind or detect_kind(spec)
+    options = {k: v for k, v in options.items() if v is not None}
+    loaders = {
+        "resnet50-mrl": _load_resnet,
+        "sentence-transformers": load_sentence_transformers,
+        "mrl-deploy": _load_trained,
+        "factory": load_factory,
+    }
+    if kind not in loaders:
+        raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}")
+    return loaders[kind](str(spec), **options)
+
+
+def source_sha256(spec: str | Path) -> str | None:
+    """sha256 of a file source; for a directory, of its files' names and hashes; None for factories."""
+    import hashlib
+
+    from .manifest import sha256_file
+
+    path = Path(spec)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for item in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts):
+            digest.update(str(item.relative_to(path)).encode())
+            digest.update(sha256_file(item).encode())
+        return digest.hexdigest()
+    return None
+
+
+def _unexpected(kind: str, options: dict[str, Any]) -> None:
+    if options:
+        raise SourceError(f"options {sorted(options)} do not apply to {kind} sources")
+
+
+def _load_resnet(path: str, **options: Any) -> SourceModel:
+    from .resnet import load_resnet_mrl
+
+    return load_resnet_mrl(path, **options)
+
+
+def _load_trained(path: str, **options: Any) -> SourceModel:
+    from .train import load_trained_source
+
+    return load_trained_source(path, **options)
+
+
+# --- package.module:factory -----------------------------------------------------------------
+
+def _looks_like_factory(text: str) -> bool:
+    module, sep, attr = text.partition(":")
+    return bool(sep) and bool(attr) and all(part.isidentifier() for part in module.split(".") + attr.split("."))
+
+
+def load_factory(spec: str, nesting_dims: Any = None, input_shape: Any = None, input_dtype: str = "float32",
+                 **options: Any) -> SourceModel:
+    """`package.module:factory`: factory() returns an nn.Module whose forward(x) returns the full
+    embedding, or (embedding, [logits per nesting dim])."""
+    import importlib
+    import os
+    import sys
+
+    import torch
+
+    from .dims import default_nesting_dims, parse_dims
+
+    _unexpected("factory", options)
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a factory in the user's working directory
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SourceError(f"cannot import factory {spec}: {exc}") from None
+    if not callable(target):
+        raise SourceError(f"{spec} is not callable")
+    module = target()
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(f"{spec}() returned {type(module).__name__}, not a torch.nn.Module")
+    module.eval()
+    shape = _parse_shape(input_shape)
+    spec_in = InputSpec("x", input_dtype, ["batch", *shape])
+    probe = SourceModel("factory", spec, module, 0, [], [spec_in])
+    feed = probe.random_inputs(batch=2)
+    with torch.no_grad():
+        out = module(torch.from_numpy(feed["x"]))
+    z, logits = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+    if not isinstance(z, torch.Tensor) or z.ndim != 2:
+        raise SourceError(f"{spec}: forward must return a (batch, dim) embedding, got {getattr(z, 'shape', type(z).__name__)}")
+    full_dim = int(z.shape[1])
+    dims = parse_dims(nesting_dims) if nesting_dims is not None else default_nesting_dims(full_dim)
+    if dims and dims[-1] > full_dim:
+        raise SourceError(f"nesting dims {dims} exceed the embedding dim {full_dim} of {spec}")
+    head_dims: list[int] = []
+    num_classes = None
+    if logits is not None:
+        if not isinstance(logits, (list, tuple)) or len(logits) != len(dims):
+            raise SourceError(
+                f"{spec}: forward returned {len(logits) if isinstance(logits, (list, tuple)) else 'non-list'} "
+                f"logits; expected a list with one tensor per nesting dim {dims}"
+            )
+        head_dims = dims
+        num_classes = int(logits[0].shape[-1])
+    return SourceModel(
+        kind="factory", path=spec, module=module, full_dim=full_dim, nesting_dims=dims, inputs=[spec_in],
+        head_dims=head_dims, num_classes=num_classes,
+        options={"nesting_dims": dims, "input_shape": shape, "input_dtype": input_dtype},
+    )
+
+
+def _parse_shape(value: Any) -> list[int]:
+    if value is None:
+        raise SourceError("factory sources need --input-shape (one sample's shape without the batch, e.g. 3,224,224)")
+    parts = value.replace("x", ",").split(",") if isinstance(value, str) else list(value)
+    try:
+        shape = [int(p) for p in parts if str(p).strip()]
+    except ValueError:
+        raise SourceError(f"--input-shape must be integers like 3,224,224, got {value!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise SourceError(f"--input-shape must be positive integers, got {value!r}")
+    return shape
+
+
+# --- sentence-transformers / Hugging Face directories --------------------------------------
+
+# Models known to need a step before truncation, matched against the path and _name_or_path.
+KNOWN_PRE_TRUNCATION = {"nomic-embed-text-v1.5": "layer_norm"}
+MATRYOSHKA_KEYS = ("matryoshka_dims", "matryoshka_dimensions", "nesting_dims")
+SAMPLE_TEXTS = [
+    "Matryoshka embeddings nest coarse-to-fine information in their prefixes.",
+    "A short query.",
+    "The central bank raised interest rates by a quarter point on Thursday, citing persistent inflation "
+    "in services and a labour market that remains tighter than policymakers had expected.",
+    "Striker scores twice as the home side comes back from two goals down.",
+    "New smartphone chips promise longer battery life.",
+    "Parliament debates the budget.",
+]
+
+
+def _st_module(st: Any):
+    import torch
+
+    class _Pipeline(torch.nn.Module):
+        """The whole sentence-transformers pipeline (Transformer, Pooling, Dense..., Normalize)."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            features = self.model({"input_ids": input_ids, "attention_mask": attention_mask})
+            return features["sentence_embedding"]
+
+    return _Pipeline(st).eval()
+
+
+def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncation: str | None = None,
+                               trust_remote_code: bool = False, max_seq_length: int | None = None,
+                               **options: Any) -> SourceModel:
+    """A sentence-transformers (or plain Hugging Face: mean pooling is added) model directory,
+    exported whole so the graph equals encode(truncate_dim=m, normalize_embeddings=True)."""
+    import json
+    import os
+
+    from .dims import default_nesting_dims, parse_dims
+    from .errors import require
+
+    _unexpected("sentence-transformers", options)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    st_lib = require("sentence_transformers", "text", "exporting sentence-transformers models")
+    directory = Path(path)
+    try:
+        st = st_lib.SentenceTransformer(str(directory), device="cpu", trust_remote_code=trust_remote_code,
+                                        local_files_only=True)
+    except Exception as exc:
+        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            message += " (the model has custom code: pass --trust-remote-code if you trust it)"
+        raise SourceError(f"cannot load sentence-transformers model {directory}: {message}") from None
+    if max_seq_length:
+        st.max_seq_length = int(max_seq_length)
+    st.eval()
+    configs = {}
+    for name in ("config_sentence_transformers.json", "config.json", "mrl_deploy.json"):
+        try:
+            configs.update(json.loads((directory / name).read_text()))
+        except (OSError, ValueError):
+            pass
+    full_dim = int((getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)())
+    declared = next((configs[k] for k in MATRYOSHKA_KEYS if configs.get(k)), None)
+    dims = parse_dims(nesting_dims if nesting_dims is not None else declared) or default_nesting_dims(full_dim)
+    if pre_truncation is None:
+        pre_truncation = configs.get("pre_truncation") or next(
+            (step for name, step in KNOWN_PRE_TRUNCATION.items()
+             if name in str(directory) or name in str(configs.get("_name_or_path", ""))), None)
+    if pre_truncation not in (None, "none", "layer_norm"):
+        raise SourceError(f"unknown pre-truncation step {pre_truncation!r}: use layer_norm or none")
+    pre_truncation = None if pre_truncation == "none" else pre_truncation
+    tokenizer = st.tokenizer
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise SourceError(f"{directory} has no tokenizer.json and its tokenizer is not a fast tokenizer")
+        import tempfile
+
+        tokenizer_file = Path(tempfile.mkdtemp(prefix="mrl-tok-")) / "tokenizer.json"
+        backend.save(str(tokenizer_file))
+    preprocessing = {
+        "tokenizer": "tokenizer.json",
+        "max_seq_length": int(st.max_seq_length),
+        "pad_token_id": int(tokenizer.pad_token_id or 0),
+        "pad_token": str(tokenizer.pad_token or "[PAD]"),
+    }
+    model = SourceModel(
+        kind="sentence-transformers", path=str(directory), module=_st_module(st), full_dim=full_dim,
+        nesting_dims=dims,
+        inputs=[InputSpec("input_ids", "int64", ["batch", "sequence"]),
+                InputSpec("attention_mask", "int64", ["batch", "sequence"])],
+        pre_truncation=pre_truncation, preprocessing=preprocessing, tokenizer_file=tokenizer_file,
+        options={"nesting_dims": dims, "pre_truncation": pre_truncation or "none",
+                 "trust_remote_code": trust_remote_code, "max_seq_length": int(st.max_seq_length)},
+    )
+    model.sample_inputs = lambda batch, seed: tokenize_texts(model, _sample_texts(batch, seed))
+    return model
+
+
+def _sample_texts(batch: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(SAMPLE_TEXTS))
+    return [SAMPLE_TEXTS[order[i % len(order)]] for i in range(batch)]
+
+
+def tokenize_texts(model: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
+    """Tokenize with the tokenizer file the artifact will carry, as Artifact.tokenize does."""
+    from tokenizers import Tokenizer
+
+    pre = model.preprocessing
+    tokenizer = Tokenizer.from_file(str(model.tokenizer_file))
+    tokenizer.enable_truncation(max_length=pre["max_seq_length"])
+    tokenizer.enable_padding(pad_id=pre["pad_token_id"], pad_token=pre["pad_token"])
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }

@@ -1,0 +1,360 @@
+"""torch -> ONNX: a graph whose outputs are exactly the chosen granularities, verified against
+PyTorch before the artifact is moved into place.
+
+    from mrl_deploy import export
+    artifact = export("model_dir", dims=[64, 256], output="artifacts/model")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..dims import check_dims
+from ..errors import SourceError, VerificationError, require
+from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
+from ..sources import SourceModel, load_source, source_sha256
+
+DEFAULT_OPSET = 20
+PRECISIONS = ("fp32", "fp16", "int8")
+# fp32 must match PyTorch to these; fp16 and int8 are edge variants with looser bounds.
+TOLERANCE = {
+    "fp32": {"min_cosine": 0.99999, "max_abs_diff": 1e-4},
+    "fp16": {"min_cosine": 0.999},
+    "int8": {"min_cosine": 0.99, "top1_agreement": 0.99},
+}
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+VERIFY_BATCH = 4
+FLOPS_SEQUENCE_LENGTH = 128
+
+
+def plan_outputs(source: SourceModel, dims: Sequence[int]) -> list[dict[str, Any]]:
+    """The graph's outputs, in order: embedding_{m} for every dim, then logits_{m} where a head exists."""
+    outputs = [{"name": f"embedding_{m}", "kind": "embedding", "dim": m} for m in dims]
+    outputs += [
+        {"name": f"logits_{m}", "kind": "logits", "dim": m, "classes": source.num_classes}
+        for m in source.logit_dims(list(dims))
+    ]
+    return outputs
+
+
+def _build_module_class():
+    import torch
+    import torch.nn.functional as F
+
+    class MRLExportModule(torch.nn.Module):
+        """Wraps a source model: z -> [pre-truncation] -> z[:, :m] / ||z[:, :m]|| for each chosen
+        m (sliced by Python ints, fixed at export time), plus the heads' logits."""
+
+        def __init__(self, source: SourceModel, dims: Sequence[int]):
+            super().__init__()
+            self.model = source.module
+            self.shared_head = source.shared_head
+            self.full_dim = source.full_dim
+            self.pre_truncation = source.pre_truncation
+            self.head_index = {m: i for i, m in enumerate(source.head_dims)}
+            self.plan = [(o["kind"], o["dim"]) for o in plan_outputs(source, dims)]
+
+        def forward(self, *inputs):
+            out = self.model(*inputs)
+            z, logits = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+            prefix_source = F.layer_norm(z, (self.full_dim,)) if self.pre_truncation == "layer_norm" else z
+            results = []
+            for kind, m in self.plan:
+                if kind == "embedding":
+                    results.append(F.normalize(prefix_source[:, :m], p=2.0, dim=-1))
+                elif self.shared_head is not None:  # MRL-E: the first m columns of one shared head
+                    results.append(F.linear(z[:, :m], self.shared_head.weight[:, :m], self.shared_head.bias))
+                else:
+                    results.append(logits[self.head_index[m]])
+            return tuple(results)
+
+    return MRLExportModule
+
+
+def MRLExportModule(source: SourceModel, dims: Sequence[int]):
+    """Construct the export wrapper (an nn.Module; torch is imported only here)."""
+    return _build_module_class()(source, dims).eval()
+
+
+# --- export -----------------------------------------------------------------------------------
+
+def export(
+    source: str | Path | SourceModel,
+    dims: Iterable[int] | None = None,
+    output: str | Path = "artifact",
+    *,
+    all_dims: bool = False,
+    precision: Sequence[str] = ("fp32",),
+    sample: Any = None,
+    opset: int = DEFAULT_OPSET,
+    progress: Callable[[str], None] | None = None,
+    **source_options: Any,
+):
+    """Export SOURCE at `dims` (or every nesting dim) into the artifact directory `output`.
+
+    Every output of every variant is checked against PyTorch on random inputs (and on `sample`,
+    an array / dict / list of texts, if given); a failed check raises VerificationError and
+    leaves nothing behind. Returns the loaded Artifact."""
+    require("torch", "export", "exporting")
+    require("onnx", "export", "exporting")
+    require("onnxscript", "export", "exporting with torch.onnx (dynamo)")
+    from ..artifact import Artifact
+
+    say = progress or (lambda message: None)
+    precision = _check_precision(precision)
+    model = source if isinstance(source, SourceModel) else load_source(source, **source_options)
+    say(f"loaded {model.kind} source: full dim {model.full_dim}, nesting dims {model.nesting_dims}")
+    chosen = list(model.nesting_dims) if all_dims else check_dims(dims or [], model.full_dim, model.nesting_dims)
+    if all_dims and dims:
+        chosen = sorted(set(chosen) | set(check_dims(dims, model.full_dim, model.nesting_dims)))
+    module = MRLExportModule(model, chosen)
+    outputs = plan_outputs(model, chosen)
+    feeds = _verification_feeds(model, sample)
+
+    with staged_directory(output) as stage:
+        started = time.perf_counter()
+        say(f"exporting {len(outputs)} outputs ({', '.join(o['name'] for o in outputs)}) to ONNX")
+        _torch_to_onnx(module, model, outputs, stage / VARIANT_FILES["fp32"], opset)
+        say(f"exported in {time.perf_counter() - started:.1f} s; verifying against PyTorch")
+        reference = [_run_torch(module, feed, outputs) for feed in feeds]
+        models = {}
+        for variant in precision:
+            info = {"file": VARIANT_FILES[variant], "precision": variant}
+            if variant != "fp32":
+                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"]))
+            info["verification"] = verify_variant(stage / info["file"], variant, feeds, reference, outputs)
+            say(f"{variant}: " + _summary(info["verification"]))
+            models[variant] = info
+        if model.tokenizer_file is not None:
+            shutil.copyfile(model.tokenizer_file, stage / "tokenizer.json")
+        manifest = _manifest(model, chosen, outputs, models, opset, _flops(model, module))
+        record_files(stage, manifest)
+        write_json_atomic(stage / MANIFEST_NAME, manifest)
+    return Artifact.load(output)
+
+
+def _check_precision(precision: Sequence[str] | str) -> list[str]:
+    from ..errors import MRLDeployError
+
+    wanted = [precision] if isinstance(precision, str) else list(precision)
+    unknown = [p for p in wanted if p not in PRECISIONS]
+    if unknown:
+        raise MRLDeployError(f"unknown precision {unknown}; choose from {', '.join(PRECISIONS)}")
+    return ["fp32"] + [p for p in PRECISIONS[1:] if p in wanted]  # fp32 is the base of the others
+
+
+def _verification_feeds(model: SourceModel, sample: Any) -> list[dict[str, np.ndarray]]:
+    feeds = [model.random_inputs(batch=VERIFY_BATCH, seed=0)]
+    if sample is not None:
+        feeds.append(_sample_feed(model, sample))
+    return feeds
+
+
+def _sample_feed(model: SourceModel, sample: Any) -> dict[str, np.ndarray]:
+    from ..errors import InputError
+
+    if isinstance(sample, (list, tuple)) and sample and isinstance(sample[0], str):
+        if model.tokenizer_file is None:
+            raise InputError("--sample holds texts but the model takes tensors")
+        from ..sources import tokenize_texts
+
+        return tokenize_texts(model, list(sample))
+    if not isinstance(sample, dict):
+        sample = {model.inputs[0].name: sample}
+    feed = {}
+    for spec in model.inputs:
+        if spec.name not in sample:
+            raise InputError(f"--sample lacks input {spec.name!r}")
+        value = np.asarray(sample[spec.name]).astype(spec.dtype)
+        fixed = [a for a in spec.shape[1:]]
+        if value.ndim != len(spec.shape) or any(isinstance(a, int) and a != v for a, v in zip(fixed, value.shape[1:])):
+            raise InputError(f"--sample {spec.name} has shape {value.shape}; expected {spec.shape}")
+        feed[spec.name] = value[:64]
+    return feed
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx (dynamo) is chatty on stdout, stderr and logging: keep the user's terminal clean."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _torch_to_onnx(module, model: SourceModel, outputs, path: Path, opset: int) -> None:
+    import torch
+
+    if opset < 18:
+        raise SourceError(f"opset {opset} is not supported by torch.onnx's exporter: use 18 or later")
+    example = model.random_inputs(batch=VERIFY_BATCH, seed=1)
+    args = tuple(torch.from_numpy(example[spec.name]) for spec in model.inputs)
+    dynamic = tuple(
+        {axis: torch.export.Dim.AUTO for axis, name in enumerate(spec.shape) if isinstance(name, str)}
+        for spec in model.inputs
+    )
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                module, args, str(path), input_names=[spec.name for spec in model.inputs],
+                output_names=[o["name"] for o in outputs], dynamo=True, opset_version=opset,
+                dynamic_shapes=(dynamic,), external_data=params > 1_800_000_000, verbose=False,
+            )
+    except Exception as exc:
+        raise SourceError(f"torch.onnx.export failed for {model.path}: {_export_error_summary(exc)}") from None
+    if program is not None and not path.exists():
+        program.save(str(path))
+
+
+def _export_error_summary(exc: Exception) -> str:
+    """torch.onnx errors are pages long; the line after 'Exception summary' says what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "Exception summary" in line and i + 1 < len(lines):
+            return lines[i + 1][:400]
+    return (lines[0] if lines else type(exc).__name__)[:400]
+
+
+def _run_torch(module, feed: dict[str, np.ndarray], outputs) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        values = module(*(torch.from_numpy(value) for value in feed.values()))
+    return {o["name"]: v.detach().float().numpy() for o, v in zip(outputs, values)}
+
+
+def _make_variant(variant: str, fp32_path: Path, path: Path) -> dict[str, Any]:
+    from . import precision as precision_mod
+
+    if variant == "fp16":
+        return precision_mod.make_fp16(fp32_path, path) or {}
+    return precision_mod.make_int8(fp32_path, path) or {}
+
+
+def compare_outputs(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """max / mean abs diff and the minimum row-wise cosine between two batches of outputs."""
+    actual = np.asarray(actual, dtype=np.float64).reshape(len(actual), -1)
+    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
+    diff = np.abs(actual - expected)
+    dot = np.sum(actual * expected, axis=1)
+    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0)
+    return {
+        "max_abs_diff": float(diff.max(initial=0.0)),
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "min_cosine": float(cosine.min(initial=1.0)),
+        "max_abs_reference": float(np.abs(expected).max(initial=0.0)),
+    }
+
+
+def verify_variant(path: Path, variant: str, feeds, references, outputs) -> dict[str, dict[str, float]]:
+    """Run the ONNX file with ORT CPU on every feed and compare each output with PyTorch."""
+    from ..runtimes.ort import create_session
+
+    session = create_session(path, ["CPUExecutionProvider"])
+    names = [o["name"] for o in outputs]
+    actual = [dict(zip(names, session.run(names, feed))) for feed in feeds]
+    report = {}
+    for output in outputs:
+        name = output["name"]
+        got = np.concatenate([a[name] for a in actual]).astype(np.float32)
+        want = np.concatenate([r[name] for r in references])
+        stats = compare_outputs(got, want)
+        if output["kind"] == "logits":
+            stats["top1_agreement"] = float(np.mean(got.argmax(1) == want.argmax(1)))
+        report[name] = stats
+    _enforce(variant, report, path)
+    return report
+
+
+def _enforce(variant: str, report: dict[str, dict[str, float]], path: Path) -> None:
+    bounds = TOLERANCE[variant]
+    failures = []
+    for name, stats in report.items():
+        if stats["min_cosine"] < bounds["min_cosine"]:
+            failures.append(f"{name} min cosine {stats['min_cosine']:.6f} < {bounds['min_cosine']}")
+        if "max_abs_diff" in bounds:
+            # logits are not normalised: the bound scales with their magnitude
+            scale = 1.0 if name.startswith("embedding_") else max(1.0, stats["max_abs_reference"])
+            if stats["max_abs_diff"] > bounds["max_abs_diff"] * scale:
+                failures.append(f"{name} max abs diff {stats['max_abs_diff']:.2e} > {bounds['max_abs_diff'] * scale:.1e}")
+        if "top1_agreement" in bounds and "top1_agreement" in stats and stats["top1_agreement"] < bounds["top1_agreement"]:
+            failures.append(f"{name} top-1 agreement {stats['top1_agreement']:.3f} < {bounds['top1_agreement']}")
+    if failures:
+        raise VerificationError(f"{variant} graph does not match PyTorch: {'; '.join(failures[:3])}")
+
+
+def _summary(report: dict[str, dict[str, float]]) -> str:
+    worst_cos = min(s["min_cosine"] for s in report.values())
+    worst_abs = max(s["max_abs_diff"] for s in report.values())
+    return f"min cosine {worst_cos:.7f}, max abs diff {worst_abs:.2e} over {len(report)} outputs"
+
+
+def _flops(model: SourceModel, module) -> dict[str, Any]:
+    import torch
+
+    from ..flops import FLOPS_UNIT, count_flops, head_flops
+
+    feed = model.random_inputs(batch=1, seed=2)
+    if model.tokenizer_file is not None:  # count text encoders at a stated, typical length
+        length = min(FLOPS_SEQUENCE_LENGTH, int(model.preprocessing.get("max_seq_length", FLOPS_SEQUENCE_LENGTH)))
+        feed = {name: np.resize(value, (1, length)) for name, value in feed.items()}
+        if "attention_mask" in feed:
+            feed["attention_mask"] = np.ones_like(feed["attention_mask"])
+    total = count_flops(model.module, tuple(torch.from_numpy(v) for v in feed.values()), batch=1)
+    classes = model.num_classes or 0
+    inner_heads = sum(head_flops(m, classes) for m in model.head_dims)  # MRL modules compute every head
+    flops = {
+        "unit": FLOPS_UNIT,
+        "encoder": int(total - inner_heads),
+        "heads": {str(m): head_flops(m, classes) for m in (model.head_dims or (model.nesting_dims if model.shared_head is not None else []))},
+    }
+    if model.tokenizer_file is not None:
+        flops["sequence_length"] = int(feed[model.inputs[0].name].shape[1])
+        flops["note"] = "encoder FLOPs grow with the sequence length; counted at sequence_length tokens"
+    return flops
+
+
+def _manifest(model: SourceModel, dims, outputs, models, opset: int, flops) -> dict[str, Any]:
+    import onnx
+    import torch
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "mrl_deploy_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"kind": model.kind, "path": str(Path(model.path).resolve()) if Path(model.path).exists() else model.path,
+                   "sha256": source_sha256(model.path), "options": model.options},
+        "modality": "text" if model.tokenizer_file is not None else "tensor",
+        "full_dim": model.full_dim,
+        "nesting_dims": list(model.nesting_dims),
+        "exported_dims": list(dims),
+        "normalization": "truncate-then-l2",
+        "pre_truncation": model.pre_truncation,
+        "head": model.head,
+        "inputs": [spec.to_json() for spec in model.inputs],
+        "preprocessing": model.preprocessing,
+        "outputs": outputs,
+        "labels": model.labels,
+        "opset": opset,
+        "models": models,
+        "flops": flops,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
+        "cascade": None,
+    }
