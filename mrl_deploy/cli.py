@@ -42,8 +42,164 @@ def parse_csv(value: Optional[str]) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def manifest_tables(manifest: dict) -> list:
+    """rich tables for `inspect`: the artifact at a glance, its outputs, variants and files."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    source = manifest["source"]
+    overview = Table(title="artifact", show_header=False)
+    flops = manifest.get("flops") or {}
+    rows = [
+        ("source", f"{source['kind']}: {source['path']}"),
+        ("full dim", str(manifest["full_dim"])),
+        ("nesting dims", ", ".join(map(str, manifest["nesting_dims"]))),
+        ("exported dims", ", ".join(map(str, manifest["exported_dims"]))),
+        ("normalization", f"{manifest['normalization']} (pre-truncation: {manifest.get('pre_truncation') or 'none'})"),
+        ("heads", manifest.get("head") or "none"),
+        ("inputs", "; ".join(f"{i['name']} {i['dtype']}[{', '.join(map(str, i['shape']))}]" for i in manifest["inputs"])),
+        ("encoder FLOPs", f"{flops.get('encoder', 0):,} ({flops.get('unit', '')})"),
+        ("opset", str(manifest.get("opset"))),
+        ("cascade", "calibrated" if manifest.get("cascade") else "not calibrated"),
+    ]
+    for key, value in rows:
+        overview.add_row(key, escape(value))
+    outputs = Table(title="outputs, verified against PyTorch")
+    outputs.add_column("output", no_wrap=True)
+    for column in ("variant", "min cosine", "max abs diff", "head FLOPs"):
+        outputs.add_column(column, justify="right")
+    for output in manifest["outputs"]:
+        for variant, info in manifest.get("models", {}).items():
+            stats = info.get("verification", {}).get(output["name"])
+            if stats is None:
+                continue
+            head = flops.get("heads", {}).get(str(output["dim"]), "") if output["kind"] == "logits" else ""
+            outputs.add_row(output["name"], variant,
+                            f"{stats['min_cosine']:.6f}", f"{stats['max_abs_diff']:.2e}", f"{head:,}" if head else "")
+    files = Table(title="files")
+    files.add_column("file")
+    files.add_column("sha256")
+    for name, digest in manifest.get("files", {}).items():
+        files.add_row(name, digest[:16] + "...")
+    return [overview, outputs, files]
+
+
 # --- export, inspect, embed, demo -----------------------------------------------------------
 # (export commands)
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="An MRL ResNet-50 checkpoint (.pt), a sentence-transformers / Hugging Face "
+                                  "model directory, an `mrl-deploy train` checkpoint directory, or package.module:factory."),
+    dims: List[str] = typer.Option([], "--dims", "-d", help="A granularity to export (repeatable, or comma-separated: --dims 64 --dims 128,256)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Artifact directory to write (replaced atomically only if the export succeeds)."),
+    all_dims: bool = typer.Option(False, "--all-dims", help="Export every nesting dim of the model."),
+    precision: List[str] = typer.Option(["fp32"], "--precision", "-p", help="fp32 (always), fp16, int8: edge variants verified against PyTorch (repeatable)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, or tensorrt (an engine built from the ONNX graph; needs TensorRT and a GPU)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="TensorRT: the largest batch of the engine's optimization profile."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="Real inputs (.npy/.npz, or .txt for text models) to verify on, besides random ones."),
+    nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="The dims the model was trained at, e.g. 8,16,32,64 (factories; overrides a model's config)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Factories: one sample's input shape without the batch, e.g. 3,224,224."),
+    pre_truncation: Optional[str] = typer.Option(None, "--pre-truncation", help="Text models: a step before truncation (layer_norm, or none); default from the model's config."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Text models: truncate inputs to this many tokens (default: the model's)."),
+    opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or later)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+) -> None:
+    """Export an MRL model to an artifact whose outputs are exactly the chosen granularities.
+
+    Each output embedding_{m} is z[:m] re-normalised in the graph (and logits_{m} where the model has a head for m); every output is verified against PyTorch before the artifact is written.
+
+    Example: mrl-deploy export resnet50_mrl.pt --dims 16 --dims 64 -o artifacts/r50
+    """
+    from .artifact import load_inputs
+    from .dims import parse_dims
+    from .exporters.onnx import export as run_export
+
+    if fmt not in ("onnx", "tensorrt"):
+        raise MRLDeployError(f"unknown --format {fmt!r}: use onnx or tensorrt")
+    precisions = parse_csv(",".join(precision))
+    if fmt == "tensorrt":
+        from .exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail before the (slow) ONNX export, not after
+    sample_data = load_inputs(sample) if sample is not None else None
+    options = dict(nesting_dims=parse_dims(nesting_dims) if nesting_dims else None, input_shape=input_shape,
+                   pre_truncation=pre_truncation, max_seq_length=max_seq_length)
+    if trust_remote_code:
+        options["trust_remote_code"] = True
+    with console.status("exporting...") as status:
+        artifact = run_export(
+            source, parse_dims(dims), output, all_dims=all_dims, precision=precisions, sample=sample_data,
+            opset=opset, progress=lambda message: console.print(f"  {message}", highlight=False), **options,
+        )
+        if fmt == "tensorrt":
+            status.update("building the TensorRT engine...")
+            from .exporters.tensorrt import add_engine
+
+            artifact = add_engine(artifact, precision="fp16" if "fp16" in precisions else "fp32", max_batch=max_batch)
+    if json_out:
+        emit_json(artifact.manifest)
+    else:
+        console.print(f"[green]wrote[/green] {artifact.path} ({', '.join(artifact.variants)}; dims {artifact.exported_dims})")
+
+
+@app.command()
+def inspect(
+    artifact_dir: Path = typer.Argument(..., help="An artifact directory written by `mrl-deploy export`."),
+    json_out: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Show an artifact: dims, inputs, outputs, precision variants, verification, FLOPs, files."""
+    from .artifact import Artifact
+
+    artifact = Artifact.load(artifact_dir)
+    if json_out:
+        emit_json(artifact.manifest)
+        return
+    for table in manifest_tables(artifact.manifest):
+        stdout.print(table)
+
+
+@app.command()
+def embed(
+    artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
+    inputs: Path = typer.Argument(..., help="Inputs: .npy / .npz for tensor models, .txt (one text per line) for text models."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Embedding dim (any dim up to the largest exported one; default the largest)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 embeddings (.npy)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
+    variant: str = typer.Option("fp32", "--variant", help="Model variant to run: fp32, fp16, int8 (those the artifact has)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (edge devices: the core count)."),
+    json_out: bool = typer.Option(False, "--json", help="Print shape, dim, runtime and timing as JSON."),
+) -> None:
+    """Embed INPUTS with an artifact and save the re-normalised `--dim` embeddings as .npy."""
+    import time
+
+    import numpy as np
+
+    from .artifact import Artifact, load_inputs
+    from .runtimes import resolve_runtime
+
+    if output.suffix != ".npy":
+        raise MRLDeployError(f"--output must be a .npy file, got {output}")
+    artifact = Artifact.load(artifact_dir)
+    data = load_inputs(inputs, artifact)
+    runtime = resolve_runtime(runtime, artifact)
+    console.print(f"runtime: {runtime}", highlight=False)
+    started = time.perf_counter()
+    vectors = artifact.encode(data, dim=dim, runtime=runtime, variant=variant, batch_size=batch_size, threads=threads)
+    seconds = time.perf_counter() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(output)
+    info = {"output": str(output), "shape": list(vectors.shape), "dim": int(vectors.shape[1]), "runtime": runtime,
+            "device": artifact.runtime(runtime, variant, threads).device, "seconds": seconds,
+            "items_per_second": len(vectors) / seconds if seconds else None}
+    if json_out:
+        emit_json(info)
+    else:
+        console.print(f"[green]wrote[/green] {output}: {vectors.shape[0]} x {vectors.shape[1]} in {seconds:.2f} s", highlight=False)
+
 
 # --- runtimes: compare ----------------------------------------------------------------------
 # (runtime commands)
@@ -66,8 +222,8 @@ def main() -> None:
     import warnings
 
     def _warn(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, UserWarning) and "mrl_deploy" in str(filename):
-            console.print(f"[yellow]warning:[/yellow] {message}")
+        if category is UserWarning:
+            console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
         elif not issubclass(category, (DeprecationWarning, FutureWarning)):
             console.print(f"[dim]warning: {category.__name__}: {message}[/dim]")
 

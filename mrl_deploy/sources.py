@@ -216,7 +216,7 @@ def load_factory(spec: str, nesting_dims: Any = None, input_shape: Any = None, i
         if not isinstance(logits, (list, tuple)) or len(logits) != len(dims):
             raise SourceError(
                 f"{spec}: forward returned {len(logits) if isinstance(logits, (list, tuple)) else 'non-list'} "
-                f"logits; expected a list with one tensor per nesting dim {dims}"
+                f"logits; expected a list with one tensor per nesting dim {dims} (pass --nesting-dims)"
             )
         head_dims = dims
         num_classes = int(logits[0].shape[-1])

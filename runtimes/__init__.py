@@ -34,4 +34,13 @@ def create_runtime(name: str, artifact, **options) -> Runtime:
     return runtime_class(name)(artifact, **options)
 
 
-__all__ = ["RUNTIMES", "Runtime", "create_runtime", "runtime_class"]
+def resolve_runtime(name: str | None, artifact) -> str:
+    """The runtime a command uses: the one asked for (checked to exist), else the default."""
+    if name:
+        runtime_class(name)  # unknown names fail here with the list of known ones
+        return name
+    chooser = globals().get("default_runtime")
+    return chooser(artifact) if chooser else "ort-cpu"
+
+
+__all__ = ["RUNTIMES", "Runtime", "create_runtime", "resolve_runtime", "runtime_class"]
