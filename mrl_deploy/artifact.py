@@ -80,10 +80,10 @@ class Artifact:
 
     # --- running ------------------------------------------------------------------------------
     def runtime(self, name: str | None = None, variant: str = "fp32", threads: int | None = None):
-        """An active runtime, cached per (name, variant, threads). Default: ort-cpu."""
-        from .runtimes import create_runtime
+        """An active runtime, cached per (name, variant, threads). Default: the best available."""
+        from .runtimes import create_runtime, resolve_runtime
 
-        name = name or "ort-cpu"
+        name = resolve_runtime(name, self)
         key = (name, variant, threads)
         if key not in self._runtimes:
             self._runtimes[key] = create_runtime(name, self, variant=variant, threads=threads).activate()
