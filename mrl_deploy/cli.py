@@ -215,6 +215,46 @@ def embed(
 
 # --- benchmarks: bench ----------------------------------------------------------------------
 # (bench commands)
+@app.command()
+def bench(
+    artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Comma-separated runtimes to time side by side: ort-cpu, torch, ort-cuda, ... A name alone runs every variant the artifact has (fp32, fp16, int8); name:variant picks one (ort-cpu:int8). Default: ort-cpu,torch, skipping torch where it is not installed."),
+    batch: str = typer.Option("1,8,64", "--batch", "-b", help="Comma-separated batch sizes to time."),
+    dims: Optional[List[str]] = typer.Option(None, "--dims", help="Dims to report costs (and quality) for, e.g. 8,16,64 (default: every nesting dim up to the largest exported one)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Measure quality: digits, bbc-news, a .npz with x and y (accuracy per head and retrieval recall), or .npy/.txt inputs (recall only)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number and the machine as JSON to this file ('-' for stdout)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency vs batch per runtime, quality vs dims, quality vs cost."),
+    duration: float = typer.Option(3.0, "--duration", help="Seconds of timed runs per runtime and batch size (after a warm-up)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every runtime (ONNX Runtime intra-op, torch.set_num_threads); default: the runtime's own choice."),
+    corpus_size: int = typer.Option(1_000_000, "--corpus-size", help="Corpus size N for the retrieval FLOPs per query (exact N*d vs adaptive N*Ds + k*Dr)."),
+    shortlist_size: int = typer.Option(200, "--shortlist-size", help="Shortlist size k of adaptive retrieval (FLOPs and recall)."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Time on these inputs (.npy/.npz/.txt) instead of random tensors or a sample text."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Text models: tokens per input when timing without --inputs."),
+    limit: int = typer.Option(2000, "--limit", help="At most this many --data samples (a seeded subset), to bound the time."),
+) -> None:
+    """Time every runtime and batch size, and report what each dim costs (bytes, FLOPs) and buys (quality)."""
+    from .artifact import Artifact, load_inputs
+    from .bench import DEFAULT_RUNTIMES, run_bench
+    from .report import plot_report, print_report, write_report_json
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise MRLDeployError(f"--plot writes a PNG: give a file name ending in .png, got {plot}")
+    feed = load_inputs(inputs, Artifact.load(artifact_dir)) if inputs is not None else None
+    with console.status("benchmarking") as status:
+        report = run_bench(
+            artifact_dir, runtimes=runtime or DEFAULT_RUNTIMES, batches=batch, dims=dims, data=data,
+            duration=duration, threads=threads, corpus_size=corpus_size, shortlist_size=shortlist_size,
+            seq_len=seq_len, inputs=feed, limit=limit, skip_unavailable=runtime is None,
+            progress=lambda message: status.update(message),
+        )
+    print_report(report, console)
+    if plot is not None:
+        console.print(f"plot: {plot_report(report, plot)}", highlight=False)
+    if json_out is not None:
+        if str(json_out) == "-":
+            emit_json(report)
+        else:
+            console.print(f"json: {write_report_json(report, json_out)}", highlight=False)
 
 
 def main() -> None:

@@ -35,3 +35,25 @@ def adaptive_search_flops(corpus_size: int, shortlist_dim: int, shortlist_size: 
     """The paper's model of adaptive retrieval with an exhaustive shortlist: N x Ds + k x Dr
     multiply-adds (an HNSW shortlist visits far fewer than N vectors)."""
     return 2 * (corpus_size * shortlist_dim + shortlist_size * rerank_dim)
+
+
+def retrieval_flops(corpus_size: int, dim: int, rerank_dim: int, shortlist_size: int) -> dict[str, int]:
+    """Per-query retrieval cost at one dim: exact search at `dim`, exact search at `rerank_dim` (the
+    full-dim baseline), and adaptive retrieval (shortlist at Ds=`dim`, rerank k=`shortlist_size`
+    candidates at Dr=`rerank_dim`). The shortlist never holds more than the corpus."""
+    shortlist_size = min(shortlist_size, corpus_size)
+    return {
+        "exact": exact_search_flops(corpus_size, dim),
+        "exact_full": exact_search_flops(corpus_size, rerank_dim),
+        "adaptive": adaptive_search_flops(corpus_size, dim, shortlist_size, rerank_dim),
+    }
+
+
+def funnel_search_flops(corpus_size: int, funnel: list[tuple[int, int]]) -> int:
+    """A multi-stage funnel [(dim_1, keep_1), (dim_2, keep_2), ...]: stage 1 scores all N vectors at
+    dim_1, stage i > 1 scores the keep_{i-1} survivors of the previous stage at dim_i."""
+    total, candidates = 0, corpus_size
+    for dim, keep in funnel:
+        total += 2 * candidates * dim
+        candidates = min(keep, candidates)
+    return total

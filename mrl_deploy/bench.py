@@ -1,0 +1,710 @@
+"""`mrl-deploy bench`: what each granularity costs and buys, on this machine.
+
+    report = run_bench("artifacts/minilm", runtimes="ort-cpu,torch", batches=[1, 8, 64])
+
+Per (runtime, variant, batch): warm-up, then timed runs for `duration` seconds: latency
+min/p50/p90/p99/mean/std, throughput, peak memory, model load time. Per dim: bytes per vector,
+head FLOPs, encoder FLOPs (the same at every dim), retrieval FLOPs per query at a corpus size,
+and with data the quality (accuracy per head, recall@k of adaptive retrieval). Everything lands in
+one JSON-ready dict with the machine it ran on (report.py prints, saves and plots it).
+
+Needs numpy and onnxruntime; torch only for the torch runtime (and GPU timing with it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError
+from .flops import FLOPS_UNIT, retrieval_flops
+
+SCHEMA = "mrl-deploy-bench/1"
+ORT_VARIANTS = ("fp32", "fp16", "int8")          # the model files ONNX Runtime can run
+DEFAULT_RUNTIMES = "ort-cpu,torch"
+DEFAULT_BATCHES = (1, 8, 64)
+RECALL_K = 10
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Latency summary in milliseconds. Percentiles interpolate linearly between order statistics
+    (numpy's default, the same as Python's statistics.quantiles(method='inclusive')); std is the
+    population standard deviation of the runs."""
+    values = np.asarray(seconds, dtype=np.float64) * 1e3
+    if values.size == 0:
+        raise ValueError("no timed runs")
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "runs": int(values.size),
+        "min_ms": float(values.min()),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(values.max()),
+        "mean_ms": float(values.mean()),
+        "std_ms": float(values.std()),
+    }
+
+
+def throughput(batch: int, seconds: Sequence[float]) -> float:
+    """Items per second over all timed runs (total items / total time, not the mean of rates)."""
+    total = float(np.sum(seconds))
+    return batch * len(seconds) / total if total > 0 else float("inf")
+
+
+def time_calls(fn: Callable[[], Any], duration: float, *, warmup: float | None = None,
+               warmup_runs: int = 3, min_runs: int = 5, max_runs: int = 1_000_000,
+               timer: Callable[[Callable[[], Any]], float] | None = None) -> list[float]:
+    """Call `fn` for `warmup` seconds (and at least `warmup_runs` times: first calls allocate,
+    compile and fill caches), then time calls until `duration` seconds have passed and at least
+    `min_runs` ran. `timer(fn)` returns one call's seconds (default: perf_counter around it; GPU
+    timers synchronise)."""
+    timer = timer or _wall_timer
+    warmup = min(1.0, 0.2 * duration) if warmup is None else warmup
+    started, done = time.perf_counter(), 0
+    while done < warmup_runs or time.perf_counter() - started < warmup:
+        fn()
+        done += 1
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - started < duration):
+        samples.append(timer(fn))
+    return samples
+
+
+def _wall_timer(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cuda_event_timer(torch: Any) -> Callable[[Callable[[], Any]], float]:
+    """Time one call on the GPU with CUDA events, synchronising before and after, so queued
+    kernels of the previous call are not billed to this one and this call's are not missed."""
+
+    def timer(fn: Callable[[], Any]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    return timer
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+def _proc_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process now (Linux /proc; None elsewhere)."""
+    return _proc_status("VmRSS")
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size since the process started or since reset_peak_rss()."""
+    peak = _proc_status("VmHWM")
+    if peak is None:
+        try:
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        except (ImportError, OSError):
+            return None
+    return peak
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs), so
+    each runtime's peak is its own and not the largest of everything before it. False if it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+PACKAGES = ("mrl-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "torch", "usearch", "tokenizers",
+            "tensorrt")
+ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+            "CUDA_VISIBLE_DEVICES")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU, OS, Python and package versions: enough to tell whose
+    numbers these are. Never imports torch (reads it from sys.modules if already imported)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count()
+    return {
+        "cpu": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_available": available,
+        "memory_bytes": _meminfo_total(),
+        "gpus": _gpus(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "env": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
+    }
+
+
+def machine_name(machine: dict[str, Any]) -> str:
+    """One line: 'AMD EPYC, 2 cores' (+ the GPU)."""
+    text = f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores_available')} cores"
+    gpus = machine.get("gpus") or []
+    if gpus:
+        text += ", " + ", ".join(g["name"] for g in gpus)
+    return text
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meminfo_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _gpus() -> list[dict[str, Any]]:
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True).stdout
+            gpus = []
+            for line in out.strip().splitlines():
+                name, memory, driver = [part.strip() for part in line.split(",")]
+                gpus.append({"name": name, "memory_bytes": int(float(memory)) * 2**20, "driver": driver})
+            return gpus
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return [{"name": torch.cuda.get_device_name(i),
+                 "memory_bytes": torch.cuda.get_device_properties(i).total_memory} for i in range(torch.cuda.device_count())]
+    return []
+
+
+# --- per dim: bytes and FLOPs ----------------------------------------------------------------
+
+def vector_bytes(dim: int) -> dict[str, int]:
+    """Storage of one dim-d embedding: float32, float16, int8 (one byte per value), binary (one
+    bit per value, as usearch's b1 and Hamming search store it)."""
+    return {"f32": 4 * dim, "f16": 2 * dim, "i8": dim, "binary": (dim + 7) // 8}
+
+
+def dim_costs(manifest: dict[str, Any], dims: Iterable[int], corpus_size: int, shortlist_size: int,
+              rerank_dim: int | None = None) -> list[dict[str, Any]]:
+    """Per dim: bytes per vector, head FLOPs, encoder FLOPs (one number for every dim: the
+    encoder computes the full z whatever prefix is kept), and per-query retrieval FLOPs at
+    `corpus_size`: exact search at this dim, and adaptive retrieval with this dim as the shortlist
+    dim Ds and `rerank_dim` (default: the largest exported dim) as Dr."""
+    flops = manifest.get("flops") or {}
+    heads = {int(k): int(v) for k, v in (flops.get("heads") or {}).items()}
+    encoder = flops.get("encoder")
+    rerank_dim = rerank_dim or max(manifest["exported_dims"])
+    rows = []
+    for dim in sorted(set(int(d) for d in dims)):
+        rows.append({
+            "dim": dim,
+            "bytes_per_vector": vector_bytes(dim),
+            "encoder_flops": int(encoder) if encoder is not None else None,
+            "head_flops": heads.get(dim),
+            "retrieval_flops": {**retrieval_flops(corpus_size, dim, rerank_dim, shortlist_size),
+                                "shortlist_dim": dim, "rerank_dim": rerank_dim,
+                                "shortlist_size": min(shortlist_size, corpus_size)},
+        })
+    return rows
+
+
+def default_dims(manifest: dict[str, Any]) -> list[int]:
+    """Every nesting dim up to the largest exported one, plus the exported dims: any prefix of an
+    exported embedding is computable, and the nesting dims are the ones that were trained."""
+    top = max(manifest["exported_dims"])
+    return sorted({d for d in manifest["nesting_dims"] if d <= top} | set(manifest["exported_dims"]))
+
+
+def check_bench_dims(manifest: dict[str, Any], dims: Iterable[int] | None) -> list[int]:
+    from .dims import parse_dims
+
+    chosen = parse_dims(list(dims)) if dims else []
+    if not chosen:
+        return default_dims(manifest)
+    top = max(manifest["exported_dims"])
+    too_big = [d for d in chosen if d > top]
+    if too_big:
+        raise InputError(f"dims {too_big} are above the largest exported dim {top}; re-export with --dims {max(too_big)}")
+    return chosen
+
+
+# --- runtimes --------------------------------------------------------------------------------
+
+def parse_runtime_specs(spec: str | Sequence[str] | None, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """'ort-cpu,torch' -> [(ort-cpu, fp32), (ort-cpu, fp16), (ort-cpu, int8), (torch, fp32)]:
+    an ONNX Runtime name alone means every ORT variant the artifact has (side by side);
+    'ort-cpu:int8' picks one. torch runs the fp32 PyTorch reference."""
+    from .runtimes import RUNTIMES
+
+    items = spec.split(",") if isinstance(spec, str) else list(spec or DEFAULT_RUNTIMES.split(","))
+    models = manifest.get("models", {})
+    pairs: list[tuple[str, str]] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, variant = item.partition(":")
+        if name not in RUNTIMES:
+            raise InputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
+        if variant:
+            if variant not in models:
+                raise InputError(f"{item}: the artifact has no {variant} model (it has {', '.join(models)})")
+            variants = [variant]
+        elif name.startswith("ort"):
+            variants = [v for v in ORT_VARIANTS if v in models]
+        else:
+            variants = ["fp32"]
+        pairs.extend((name, v) for v in variants if (name, v) not in pairs)
+    if not pairs:
+        raise InputError("no runtimes given: use e.g. --runtime ort-cpu,torch")
+    return pairs
+
+
+def parse_batches(value: str | Sequence[int] | None) -> list[int]:
+    if value is None:
+        return list(DEFAULT_BATCHES)
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        batches = sorted({int(str(b).strip()) for b in items if str(b).strip()})
+    except ValueError:
+        raise InputError(f"batch sizes must be integers like 1,8,64, got {value!r}") from None
+    if not batches or batches[0] < 1:
+        raise InputError(f"batch sizes must be >= 1, got {value!r}")
+    return batches
+
+
+def bench_feed(artifact: Any, batch: int, *, seq_len: int = 128, inputs: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """One batch to time: rows of `inputs` if given (cycled), else random tensors of the input
+    shape, or for text models one sample text tokenized to exactly `seq_len` tokens per row
+    (text latency depends on the length, so it is fixed and reported)."""
+    if inputs is not None:
+        return _cycle_rows(artifact, inputs, batch)
+    if artifact.is_text:
+        from .sources import SAMPLE_TEXTS
+
+        max_len = int(artifact.manifest["preprocessing"].get("max_seq_length", seq_len))
+        length = max(2, min(seq_len, max_len))
+        text = " ".join(SAMPLE_TEXTS * (1 + length // 8))
+        feed = artifact.tokenize([text])
+        ids = feed["input_ids"][:, :length].copy()
+        ids[:, -1] = feed["input_ids"][0, int(feed["attention_mask"][0].sum()) - 1]  # keep the end token
+        full = {"input_ids": np.repeat(ids, batch, axis=0),
+                "attention_mask": np.ones((batch, length), dtype=np.int64)}
+        if "token_type_ids" in artifact.input_names:
+            full["token_type_ids"] = np.zeros((batch, length), dtype=np.int64)
+        return {name: full[name] for name in artifact.input_names}
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in artifact.manifest["inputs"]:
+        shape = [batch if axis == "batch" else axis for axis in spec["shape"]]
+        if any(isinstance(axis, str) for axis in shape):
+            raise InputError(f"input {spec['name']} has a dynamic axis besides batch: pass --inputs with real inputs")
+        if spec["dtype"].startswith("float"):
+            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
+        else:
+            feed[spec["name"]] = rng.integers(0, 100, size=shape).astype(spec["dtype"])
+    return feed
+
+
+def _cycle_rows(artifact: Any, inputs: Any, batch: int) -> dict[str, np.ndarray]:
+    if artifact.is_text:
+        texts = list(inputs)
+        return artifact.tokenize([texts[i % len(texts)] for i in range(batch)])
+    feed = next(iter(artifact.batches(inputs, batch_size=10**9)))
+    count = len(next(iter(feed.values())))
+    index = np.arange(batch) % count
+    return {name: np.ascontiguousarray(value[index]) for name, value in feed.items()}
+
+
+def _runtime_memory(runner: Any) -> tuple[Callable[[], None], Callable[[], int | None], str]:
+    """(reset, peak, kind): process RSS on CPU, torch.cuda peak allocation for torch on CUDA."""
+    device = str(getattr(runner, "device", ""))
+    torch = sys.modules.get("torch")
+    if torch is not None and "cuda" in device.lower() and runner.name == "torch" and torch.cuda.is_available():
+        return torch.cuda.reset_peak_memory_stats, torch.cuda.max_memory_allocated, "cuda_max_allocated"
+    return reset_peak_rss, peak_rss_bytes, "process_peak_rss"
+
+
+def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int], *, duration: float,
+                  threads: int | None, feeds: dict[int, dict[str, np.ndarray]],
+                  outputs: list[str] | None = None, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Load one runtime fresh (timed), then time every batch size; memory per batch is the peak
+    since the runtime started loading."""
+    from .runtimes import create_runtime
+
+    baseline = rss_bytes()
+    could_reset = reset_peak_rss()
+    started = time.perf_counter()
+    try:
+        runner = create_runtime(name, artifact, variant=variant, threads=threads)
+    except ImportError as exc:  # a runtime module that is not part of this install
+        raise RuntimeUnavailableError(f"runtime {name} is not available here ({exc})") from None
+    runner.activate()
+    load_s = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "runtime": name, "variant": variant, "device": str(runner.device), "threads": threads,
+        "load_s": load_s, "rss_before_load_bytes": baseline, "rss_after_load_bytes": rss_bytes(),
+        "peak_rss_reset": could_reset, "batches": [],
+    }
+    torch = sys.modules.get("torch")
+    if name == "torch" and torch is not None:
+        result["torch_threads"] = torch.get_num_threads()
+    try:
+        reset_mem, peak_mem, mem_kind = _runtime_memory(runner)
+        timer = cuda_event_timer(torch) if mem_kind == "cuda_max_allocated" else None
+        result["memory_kind"] = mem_kind
+        if mem_kind == "cuda_max_allocated":
+            result["timing"] = "cuda events, synchronised"
+        for batch in batches:
+            feed = feeds[batch]
+            say(f"{name} {variant} batch {batch}: timing for {duration:g} s")
+            if mem_kind == "cuda_max_allocated":
+                reset_mem()
+            seconds = time_calls(lambda: runner.infer(feed, outputs), duration, timer=timer)
+            result["batches"].append({
+                "batch": batch,
+                "latency": latency_stats(seconds),
+                "latency_per_item_ms": float(np.median(seconds)) * 1e3 / batch,
+                "throughput_items_s": throughput(batch, seconds),
+                "peak_memory_bytes": peak_mem(),
+            })
+    finally:
+        runner.deactivate()
+    return result
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None) -> dict[str, Any]:
+    """`--data`: `digits` / `bbc-news` / a .npz with x (and y), or inputs without labels (.npy, .txt:
+    retrieval recall only). Uses the held-out split where the dataset module defines one."""
+    from .artifact import load_inputs
+
+    text = str(spec)
+    path = Path(text)
+    x, y, split = None, None, "all"
+    if path.suffix.lower() == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                x = load_inputs(path, artifact)
+            else:
+                x = data["x"]
+                y = data["y"] if "y" in data else None
+    elif path.suffix.lower() in (".npy", ".txt") and path.is_file():
+        x = load_inputs(path, artifact)
+    else:
+        x, y, split = _named_dataset(text, artifact)
+    if y is not None:
+        y = np.asarray(y).astype(np.int64).ravel()
+        if len(y) != _count(x):
+            raise DataError(f"{spec}: {len(y)} labels for {_count(x)} samples")
+    if limit and _count(x) > limit:
+        rng = np.random.default_rng(0)   # a seeded subset: bounded time, same rows every run
+        keep = np.sort(rng.choice(_count(x), size=limit, replace=False))
+        x = [x[i] for i in keep] if isinstance(x, list) else (
+            {k: v[keep] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[keep])
+        y = y[keep] if y is not None else None
+        split += f" (seeded subset of {limit})"
+    return {"name": text, "x": x, "y": y, "split": split, "count": _count(x)}
+
+
+def _count(x: Any) -> int:
+    if isinstance(x, dict):
+        return len(next(iter(x.values())))
+    return len(x)
+
+
+def _named_dataset(name: str, artifact: Any) -> tuple[Any, Any, str]:
+    """digits / bbc-news through the training module's loader (its held-out split)."""
+    try:
+        from . import data as data_module  # written with the training issue
+    except ImportError:
+        data_module = None
+    loader = getattr(data_module, "load_eval_data", None) or getattr(data_module, "load_dataset", None)
+    if loader is None:
+        raise DataError(f"unknown data {name!r}: give a .npz with x and y, a .npy or a .txt"
+                        + ("" if data_module else " (named datasets need the training module)"))
+    dataset = loader(name)
+    return _unpack_dataset(dataset, name, artifact)
+
+
+def _unpack_dataset(dataset: Any, name: str, artifact: Any) -> tuple[Any, Any, str]:
+    """Accept the shapes a dataset loader may return: an object or dict with x_test/y_test
+    (or test/validation splits), or x/y."""
+    get = (lambda k: dataset.get(k)) if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
+    for xs, ys, split in (("x_test", "y_test", "test"), ("x_val", "y_val", "validation"),
+                          ("x_valid", "y_valid", "validation"), ("x", "y", "all")):
+        if get(xs) is not None:
+            x = get(xs)
+            if artifact.is_text and not isinstance(x, list):
+                texts = get("texts_test" if split == "test" else "texts")
+                x = list(texts) if texts is not None else x
+            return x, get(ys), split
+    if isinstance(dataset, tuple) and len(dataset) >= 2:
+        return dataset[0], dataset[1], "all"
+    raise DataError(f"dataset {name!r}: the loader returned {type(dataset).__name__}, which bench cannot read")
+
+
+def accuracy_per_head(artifact: Any, x: Any, y: np.ndarray, dims: Iterable[int], *, runtime: str | None,
+                      variant: str, threads: int | None, batch_size: int = 64) -> dict[int, float]:
+    """Top-1 accuracy of every classifier head in `dims`, from one pass of the encoder."""
+    heads = [d for d in dims if d in artifact.logit_dims]
+    if not heads:
+        return {}
+    names = [f"logits_{d}" for d in heads]
+    outputs = artifact.run(x, names, batch_size=batch_size, runtime=runtime, variant=variant, threads=threads)
+    classes = {o["dim"]: o.get("classes") for o in artifact.manifest["outputs"] if o["kind"] == "logits"}
+    if y.size and classes.get(heads[0]) and (y.min() < 0 or y.max() >= classes[heads[0]]):
+        raise DataError(f"labels range {y.min()}..{y.max()} but the heads have {classes[heads[0]]} classes")
+    return {d: float(np.mean(outputs[f"logits_{d}"].argmax(axis=1) == y)) for d in heads}
+
+
+def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECALL_K, shortlist_size: int = 200,
+                     queries: int = 200, seed: int = 0, use_index: bool = True) -> dict[str, Any]:
+    """recall@k against exact search at the full (largest) dim, on the data itself: a seeded set of
+    rows are the queries, the rest the corpus. Per dim d: `truncated` (exact search at d alone),
+    `adaptive` (exhaustive shortlist of `shortlist_size` at Ds=d, rerank at the full dim: the
+    FLOPs model N*Ds + k*Dr exactly) and, where mrl_deploy.retrieval exists, `adaptive_hnsw`
+    (AdaptiveIndex: usearch HNSW shortlist, the deployed path)."""
+    from .artifact import renormalize
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    count, full = vectors.shape
+    n_queries = min(queries, max(1, count // 5))
+    if count - n_queries < k:
+        raise DataError(f"recall@{k} needs more than {k + n_queries} samples, got {count}")
+    order = np.random.default_rng(seed).permutation(count)
+    q_rows, c_rows = order[:n_queries], np.sort(order[n_queries:])
+    corpus, query = vectors[c_rows], vectors[q_rows]
+    # On a small corpus a shortlist of 200 would be most of it and recall trivially 1: cap it at
+    # 5% of the corpus (at least 2k), and report the size used.
+    shortlist_size = max(k, min(shortlist_size, len(corpus), max(2 * k, len(corpus) // 20)))
+    truth = _top_k(renormalize(query) @ renormalize(corpus).T, k)
+    index_cls = _adaptive_index() if use_index else None
+    rows = []
+    for dim in sorted(set(dims)):
+        q_d, c_d = renormalize(query[:, :dim]), renormalize(corpus[:, :dim])
+        scores = q_d @ c_d.T
+        row = {"dim": dim, "truncated": _recall(_top_k(scores, k), truth)}
+        shortlist = _top_k(scores, shortlist_size)
+        q_f, c_f = renormalize(query), renormalize(corpus)
+        rerank = np.einsum("qd,qkd->qk", q_f, c_f[shortlist])
+        row["adaptive"] = _recall(np.take_along_axis(shortlist, _top_k(rerank, k), axis=1), truth)
+        if index_cls is not None:
+            row["adaptive_hnsw"] = _hnsw_recall(index_cls, corpus, query, dim, full, k, shortlist_size, truth)
+        rows.append(row)
+    return {"k": k, "shortlist_size": shortlist_size, "rerank_dim": full, "queries": n_queries,
+            "corpus": len(corpus), "reference": f"exact search at {full} dims", "per_dim": rows,
+            "hnsw": index_cls is not None}
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
+    return float(np.sum(hits) / truth.size)
+
+
+def _adaptive_index():
+    try:
+        from .retrieval import AdaptiveIndex
+    except ImportError:
+        return None
+    return AdaptiveIndex
+
+
+def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, truth) -> float | None:
+    try:
+        index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
+        ids, _ = index.search(query, k=k, shortlist_size=shortlist_size)
+    except MRLDeployError:
+        return None
+    return _recall(np.asarray(ids), truth)
+
+
+def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *, runtime: str | None,
+                    variant: str, threads: int | None, shortlist_size: int,
+                    say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    quality: dict[str, Any] = {"data": data["name"], "split": data["split"], "samples": data["count"],
+                               "runtime": runtime, "variant": variant}
+    say(f"quality: embedding {data['count']} samples at {max(artifact.exported_dims)} dims")
+    vectors = artifact.encode(data["x"], dim=None, runtime=runtime, variant=variant, threads=threads)
+    if data["y"] is not None and artifact.logit_dims:
+        say("quality: accuracy per head")
+        accuracy = accuracy_per_head(artifact, data["x"], data["y"], dims, runtime=runtime, variant=variant,
+                                     threads=threads)
+        quality["accuracy"] = {str(d): a for d, a in accuracy.items()}
+    say("quality: recall of adaptive retrieval")
+    try:
+        quality["retrieval"] = retrieval_recall(vectors, [d for d in dims if d <= vectors.shape[1]],
+                                                shortlist_size=shortlist_size)
+    except DataError as exc:
+        quality["retrieval"] = None
+        quality["retrieval_skipped"] = str(exc)
+    return quality
+
+
+# --- everything ------------------------------------------------------------------------------
+
+def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None = DEFAULT_RUNTIMES,
+              batches: str | Sequence[int] | None = DEFAULT_BATCHES, dims: Iterable[int] | None = None,
+              data: str | Path | None = None, duration: float = 3.0, threads: int | None = None,
+              corpus_size: int = 1_000_000, shortlist_size: int = 200, seq_len: int = 128,
+              inputs: Any = None, limit: int | None = 2000, skip_unavailable: bool = False,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark of one artifact as a JSON-ready dict (see report.REPORT_SCHEMA).
+
+    `skip_unavailable`: a runtime that cannot start here (torch without the export extra, CUDA
+    without a GPU) is recorded under `skipped` with the reason instead of failing the run (the CLI
+    sets it only for its default runtime list; a runtime asked for by name must run)."""
+    from .artifact import Artifact
+
+    say = progress or (lambda message: None)
+    if duration <= 0:
+        raise InputError(f"--duration must be > 0 seconds, got {duration}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    if corpus_size < 1 or shortlist_size < 1:
+        raise InputError("--corpus-size and --shortlist-size must be >= 1")
+    artifact = Artifact.load(artifact_dir)
+    manifest = artifact.manifest
+    chosen_dims = check_bench_dims(manifest, dims)
+    pairs = parse_runtime_specs(runtimes, manifest)
+    batch_sizes = parse_batches(batches)
+    feeds = {b: bench_feed(artifact, b, seq_len=seq_len, inputs=inputs) for b in batch_sizes}
+    first = next(iter(feeds.values()))
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "artifact": {
+            "path": str(Path(artifact_dir).resolve()), "source": manifest["source"]["kind"],
+            "full_dim": manifest["full_dim"], "exported_dims": manifest["exported_dims"],
+            "nesting_dims": manifest["nesting_dims"], "variants": list(manifest.get("models", {})),
+            "modality": manifest.get("modality", "tensor"),
+        },
+        "machine": machine_info(),
+        "settings": {
+            "runtimes": [f"{n}:{v}" for n, v in pairs], "batches": batch_sizes, "dims": chosen_dims,
+            "duration_s": duration, "threads": threads, "corpus_size": corpus_size,
+            "shortlist_size": shortlist_size,
+            "input_shapes": {name: list(value.shape) for name, value in first.items()},
+            "inputs": "user inputs" if inputs is not None else ("sample text" if artifact.is_text else "random"),
+        },
+        "runtimes": [],
+        "skipped": [],
+        "flops_unit": manifest.get("flops", {}).get("unit", FLOPS_UNIT),
+        "encoder_flops_note": "the encoder runs in full at every dim: its FLOPs are the same for every dim",
+        "dims": dim_costs(manifest, chosen_dims, corpus_size, shortlist_size),
+        "quality": None,
+    }
+    if artifact.is_text:
+        report["settings"]["sequence_length"] = int(first["input_ids"].shape[1])
+        if manifest.get("flops", {}).get("sequence_length"):
+            report["settings"]["flops_sequence_length"] = manifest["flops"]["sequence_length"]
+    outputs = [o["name"] for o in manifest["outputs"]]
+    for name, variant in pairs:
+        say(f"loading {name} ({variant})")
+        try:
+            report["runtimes"].append(bench_runtime(artifact, name, variant, batch_sizes, duration=duration,
+                                                    threads=threads, feeds=feeds, outputs=outputs, say=say))
+        except (RuntimeUnavailableError, MRLDeployError) as exc:
+            if not skip_unavailable:
+                raise
+            report["skipped"].append({"runtime": name, "variant": variant, "reason": str(exc)})
+    _add_ratios(report)
+    if data is not None:
+        dataset = load_quality_data(data, artifact, limit=limit)
+        report["quality"] = measure_quality(artifact, dataset, chosen_dims, runtime="ort-cpu", variant="fp32",
+                                            threads=threads, shortlist_size=shortlist_size, say=say)
+    artifact.close()
+    return report
+
+
+def _add_ratios(report: dict[str, Any]) -> None:
+    """p50 latency of every runtime relative to the ort-cpu fp32 run at each batch size (and
+    ORT vs torch eager), measured in the same process, one after the other."""
+    def p50(name: str, variant: str, batch: int) -> float | None:
+        for run in report["runtimes"]:
+            if run["runtime"] == name and run["variant"] == variant:
+                for row in run["batches"]:
+                    if row["batch"] == batch:
+                        return row["latency"]["p50_ms"]
+        return None
+
+    ratios = []
+    for batch in report["settings"]["batches"]:
+        base = p50("ort-cpu", "fp32", batch)
+        torch_p50 = p50("torch", "fp32", batch)
+        for run in report["runtimes"]:
+            mine = p50(run["runtime"], run["variant"], batch)
+            if mine is None:
+                continue
+            row = {"runtime": run["runtime"], "variant": run["variant"], "batch": batch}
+            if base:
+                row["vs_ort_fp32"] = mine / base
+            if torch_p50:
+                row["vs_torch_eager"] = mine / torch_p50
+            ratios.append(row)
+    report["ratios"] = ratios

@@ -1,0 +1,304 @@
+"""mrl-deploy bench: statistics, FLOPs formulas, the JSON schema, and short runs end to end."""
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+from mrl_deploy import bench
+from mrl_deploy.errors import InputError
+from mrl_deploy.flops import (adaptive_search_flops, exact_search_flops, funnel_search_flops, head_flops,
+                              retrieval_flops)
+from mrl_deploy.report import REPORT_SCHEMA, validate
+
+# --- statistics on known samples -------------------------------------------------------------
+
+
+def test_latency_stats_on_known_samples():
+    seconds = np.arange(1, 101) / 1e3  # 1..100 ms
+    stats = bench.latency_stats(seconds)
+    assert stats["runs"] == 100
+    assert stats["min_ms"] == pytest.approx(1.0)
+    assert stats["max_ms"] == pytest.approx(100.0)
+    assert stats["mean_ms"] == pytest.approx(50.5)
+    # linear interpolation between order statistics: rank (n-1)p
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["std_ms"] == pytest.approx(statistics.pstdev(range(1, 101)))
+    quantiles = statistics.quantiles(range(1, 101), n=100, method="inclusive")
+    assert stats["p90_ms"] == pytest.approx(quantiles[89])
+
+
+def test_latency_stats_small_and_constant():
+    assert bench.latency_stats([0.002])["p99_ms"] == pytest.approx(2.0)
+    stats = bench.latency_stats([0.005] * 7)
+    assert stats["std_ms"] == pytest.approx(0.0) and stats["p50_ms"] == pytest.approx(5.0)
+    stats = bench.latency_stats([0.001, 0.003])
+    assert stats["p50_ms"] == pytest.approx(2.0) and stats["p90_ms"] == pytest.approx(2.8)
+    with pytest.raises(ValueError):
+        bench.latency_stats([])
+
+
+def test_throughput_is_items_over_total_time():
+    assert bench.throughput(8, [0.1, 0.3]) == pytest.approx(16 / 0.4)
+
+
+def test_time_calls_warms_up_then_runs_for_the_duration():
+    calls = []
+    samples = bench.time_calls(lambda: calls.append(1), duration=0.05, warmup=0.0, warmup_runs=3, min_runs=5)
+    assert len(calls) == len(samples) + 3
+    assert len(samples) >= 5
+    # a slow call: at least min_runs even past the duration
+    samples = bench.time_calls(lambda: __import__("time").sleep(0.01), duration=0.001, warmup=0, warmup_runs=1,
+                               min_runs=4)
+    assert len(samples) == 4 and min(samples) >= 0.009
+    # a custom timer (the GPU path) supplies the per-call seconds
+    samples = bench.time_calls(lambda: None, duration=0.0, warmup=0, min_runs=3, timer=lambda fn: 0.25)
+    assert samples == [0.25, 0.25, 0.25]
+
+
+def test_peak_rss_tracks_allocations_and_resets():
+    if bench.rss_bytes() is None:
+        pytest.skip("no /proc: RSS not readable on this platform")
+    block = np.ones(40_000_000 // 8)  # 40 MB touched
+    peak = bench.peak_rss_bytes()
+    assert peak >= bench.rss_bytes() >= 40_000_000
+    del block
+    if bench.reset_peak_rss():
+        assert bench.peak_rss_bytes() < peak
+
+
+def test_machine_info_names_the_machine():
+    info = bench.machine_info()
+    assert info["cpu"] and info["cores_logical"] >= 1 and info["cores_available"] >= 1
+    assert "numpy" in info["packages"] and isinstance(info["gpus"], list)
+    assert str(info["cores_available"]) in bench.machine_name(info)
+
+
+def test_machine_info_does_not_import_torch():
+    code = "import sys; from mrl_deploy.bench import machine_info; machine_info(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# --- FLOPs formulas against FlopCounterMode --------------------------------------------------
+
+
+def _counted(fn, *args):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+@needs_torch
+def test_head_flops_match_flop_counter():
+    import torch
+
+    for dim, classes in ((8, 10), (64, 1000), (3, 7)):
+        head = torch.nn.Linear(dim, classes)
+        assert _counted(head, torch.randn(1, dim)) == head_flops(dim, classes)
+        assert _counted(head, torch.randn(5, dim)) == 5 * head_flops(dim, classes)
+
+
+@needs_torch
+def test_search_flops_match_flop_counter():
+    import torch
+
+    corpus, queries = torch.randn(500, 64), torch.randn(3, 64)
+    for dim in (8, 64):
+        exact = _counted(lambda q, c: q[:, :dim] @ c[:, :dim].T, queries, corpus)
+        assert exact == 3 * exact_search_flops(500, dim)
+
+    def adaptive(q, c, shortlist_dim=16, shortlist_size=50, rerank_dim=64):
+        scores = q[:, :shortlist_dim] @ c[:, :shortlist_dim].T
+        shortlist = scores.topk(shortlist_size, dim=1).indices
+        return torch.bmm(c[shortlist][:, :, :rerank_dim], q[:, :rerank_dim, None])
+
+    assert _counted(adaptive, queries, corpus) == 3 * adaptive_search_flops(500, 16, 50, 64)
+    flops = retrieval_flops(500, 16, 64, 50)
+    assert flops == {"exact": exact_search_flops(500, 16), "exact_full": exact_search_flops(500, 64),
+                     "adaptive": adaptive_search_flops(500, 16, 50, 64)}
+    assert retrieval_flops(30, 16, 64, 200)["adaptive"] == adaptive_search_flops(30, 16, 30, 64)  # k <= N
+
+
+@needs_torch
+def test_funnel_flops_match_flop_counter():
+    import torch
+
+    corpus, query = torch.randn(400, 64), torch.randn(1, 64)
+
+    def funnel(q, c):
+        ids = torch.arange(len(c))
+        for dim, keep in ((8, 100), (32, 20), (64, 5)):
+            scores = (c[ids][:, :dim] @ q[:, :dim].T)[:, 0]  # a matrix product (FlopCounterMode skips mv)
+            ids = ids[scores.topk(min(keep, len(ids))).indices]
+        return ids
+
+    assert _counted(funnel, query, corpus) == funnel_search_flops(400, [(8, 100), (32, 20), (64, 5)])
+    assert funnel_search_flops(1000, [(16, 200), (64, 10)]) == adaptive_search_flops(1000, 16, 200, 64)
+
+
+@needs_torch
+def test_count_flops_on_a_small_model_is_per_sample():
+    import torch
+
+    from mrl_deploy.flops import count_flops
+
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    assert count_flops(model, (torch.randn(4, 20),), batch=4) == 2 * (20 * 64 + 64 * 32)
+
+
+def test_vector_bytes_and_dim_costs():
+    assert bench.vector_bytes(64) == {"f32": 256, "f16": 128, "i8": 64, "binary": 8}
+    assert bench.vector_bytes(12)["binary"] == 2
+    manifest = {"exported_dims": [8, 32], "nesting_dims": [4, 8, 16, 32],
+                "flops": {"encoder": 1000, "heads": {"8": 80, "32": 320}}}
+    rows = bench.dim_costs(manifest, [32, 8, 16], corpus_size=1000, shortlist_size=100)
+    assert [r["dim"] for r in rows] == [8, 16, 32]
+    assert {r["encoder_flops"] for r in rows} == {1000}  # the same at every dim
+    assert rows[0]["head_flops"] == 80 and rows[1]["head_flops"] is None
+    assert rows[0]["retrieval_flops"]["adaptive"] == 2 * (1000 * 8 + 100 * 32)
+    assert rows[0]["retrieval_flops"]["exact_full"] == 2 * 1000 * 32
+    assert bench.default_dims(manifest) == [4, 8, 16, 32]
+    with pytest.raises(InputError, match="above the largest exported dim"):
+        bench.check_bench_dims(manifest, [64])
+
+
+def test_runtime_specs_and_batches():
+    manifest = {"models": {"fp32": {}, "int8": {}}}
+    assert bench.parse_runtime_specs("ort-cpu,torch", manifest) == [("ort-cpu", "fp32"), ("ort-cpu", "int8"),
+                                                                     ("torch", "fp32")]
+    assert bench.parse_runtime_specs("ort-cpu:int8", manifest) == [("ort-cpu", "int8")]
+    with pytest.raises(InputError, match="no fp16 model"):
+        bench.parse_runtime_specs("ort-cpu:fp16", manifest)
+    with pytest.raises(InputError, match="unknown runtime"):
+        bench.parse_runtime_specs("onnx", manifest)
+    assert bench.parse_batches("64, 1,8") == [1, 8, 64]
+    for bad in ("0", "a", ""):
+        with pytest.raises(InputError):
+            bench.parse_batches(bad)
+
+
+def test_retrieval_recall_against_exact_search():
+    rng = np.random.default_rng(0)
+    # MRL-like: variance decays with the dim index, so prefixes carry most of the signal
+    vectors = (rng.standard_normal((600, 32)) * np.linspace(3, 0.2, 32)).astype(np.float32)
+    result = bench.retrieval_recall(vectors, [4, 16, 32], k=10, shortlist_size=100, use_index=False)
+    rows = {r["dim"]: r for r in result["per_dim"]}
+    assert rows[32]["truncated"] == pytest.approx(1.0) and rows[32]["adaptive"] == pytest.approx(1.0)
+    assert rows[4]["adaptive"] >= rows[4]["truncated"]  # reranking at full dim only helps
+    assert rows[4]["truncated"] < rows[16]["truncated"] <= 1.0
+    assert result["shortlist_size"] == 24  # capped at 5% of a 480-vector corpus (>= 2k)
+
+
+# --- a bench run end to end on a small exported artifact -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    pytest.importorskip("torch")
+    from mrl_deploy.exporters.onnx import export
+
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    export("factories:tiny_mrl", dims=[8, 32], output=out, input_shape="20", nesting_dims=[4, 8, 16, 32])
+    rng = np.random.default_rng(0)
+    data = out.parent / "data.npz"
+    np.savez(data, x=rng.standard_normal((300, 20)).astype(np.float32), y=rng.integers(0, 5, 300))
+    return out, data
+
+
+def test_bench_end_to_end_schema(tiny_artifact):
+    artifact, data = tiny_artifact
+    report = bench.run_bench(artifact, runtimes="ort-cpu", batches=[1, 4], duration=0.05, threads=1, data=data,
+                             corpus_size=10_000, shortlist_size=50)
+    assert validate(report) == []
+    # JSON round trip keeps it valid
+    assert validate(json.loads(json.dumps(report))) == []
+    run = report["runtimes"][0]
+    assert run["runtime"] == "ort-cpu" and run["device"] == "CPUExecutionProvider" and run["threads"] == 1
+    assert [b["batch"] for b in run["batches"]] == [1, 4]
+    for row in run["batches"]:
+        lat = row["latency"]
+        assert lat["runs"] >= 5 and 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert row["throughput_items_s"] > 0 and row["peak_memory_bytes"] > 10_000_000
+    assert [d["dim"] for d in report["dims"]] == [4, 8, 16, 32]
+    assert report["quality"]["accuracy"].keys() == {"8", "32"}
+    assert all(0 <= v <= 1 for v in report["quality"]["accuracy"].values())
+    # accuracy equals what the artifact's own logits give
+    from mrl_deploy.artifact import Artifact
+
+    with np.load(data) as arrays:
+        logits = Artifact.load(artifact).logits(arrays["x"], dim=8)
+        assert report["quality"]["accuracy"]["8"] == pytest.approx(float(np.mean(logits.argmax(1) == arrays["y"])))
+    assert report["quality"]["retrieval"]["per_dim"][-1]["adaptive"] == pytest.approx(1.0)
+    assert report["ratios"][0]["vs_ort_fp32"] == pytest.approx(1.0)
+
+
+def test_schema_catches_problems():
+    assert validate({"schema": "other"}) != []
+    broken = {"schema": "mrl-deploy-bench/1", "artifact": {}, "machine": {}, "settings": {}, "runtimes": [
+        {"runtime": "x", "variant": "fp32", "device": "cpu", "threads": None, "load_s": -1, "memory_kind": "rss",
+         "batches": [{"batch": 0, "latency": {}, "throughput_items_s": 1.0, "peak_memory_bytes": None}]}],
+        "skipped": [], "flops_unit": "", "dims": [], "quality": None, "ratios": []}
+    problems = "\n".join(validate(broken))
+    assert "load_s: -1 < 0" in problems and "batch: 0 < 1" in problems and "missing 'p50_ms'" in problems
+    assert "$.artifact: missing 'path'" in problems
+
+
+def test_bench_cli_writes_json_and_plot(tiny_artifact, tmp_path):
+    artifact, data = tiny_artifact
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "mrl_deploy.cli", "bench", str(artifact), "--runtime", "ort-cpu", "--batch", "1,2",
+         "--duration", "0.05", "--threads", "1", "--data", str(data), "--json", str(json_path),
+         "--plot", str(plot_path), "--dims", "8,32"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(json_path.read_text())
+    assert validate(report) == [] and report["settings"]["dims"] == [8, 32]
+    assert "Latency per runtime and batch" in result.stderr and "Cost and quality per dim" in result.stderr
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dims", "64"], "above the largest exported dim"),
+    (["--runtime", "nope"], "unknown runtime"),
+    (["--batch", "0"], "batch sizes must be >= 1"),
+    (["--duration", "0"], "--duration must be > 0"),
+    (["--plot", "out.jpg"], "ending in .png"),
+])
+def test_bench_cli_user_errors(tiny_artifact, args, message):
+    artifact, _ = tiny_artifact
+    result = subprocess.run([sys.executable, "-m", "mrl_deploy.cli", "bench", str(artifact), *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plot_without_quality(tiny_artifact, tmp_path):
+    from mrl_deploy.report import plot_report
+
+    artifact, _ = tiny_artifact
+    report = bench.run_bench(artifact, runtimes="ort-cpu", batches=[1], duration=0.02)
+    path = plot_report(report, tmp_path / "p.png")
+    assert path.stat().st_size > 20_000 and not math.isnan(report["runtimes"][0]["load_s"])
+
+
+@pytest.mark.skipif(not __import__("shutil").which("nvidia-smi"), reason="needs a CUDA GPU (GPU timing with events)")
+def test_cuda_event_timer():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    x = torch.randn(1024, 1024, device="cuda")
+    seconds = bench.time_calls(lambda: x @ x, duration=0.05, timer=bench.cuda_event_timer(torch))
+    assert min(seconds) > 0
