@@ -209,6 +209,150 @@ def embed(
 
 # --- cascaded classification: calibrate, classify -------------------------------------------
 # (cascade commands)
+def _cascade_table(title: str, rows: list, columns: list) -> object:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    return table
+
+
+@app.command()
+def calibrate(
+    artifact_dir: Path = typer.Argument(..., help="An artifact exported with classifier heads (logits outputs)."),
+    data: str = typer.Argument(..., help="Labelled data: digits, bbc-news, or a .npz with x and y; its calibration split is used (the test split never is)."),
+    max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy the cascade may lose against the full-dim head, in points."),
+    confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
+    method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
+    json_out: bool = typer.Option(False, "--json", help="Print the saved cascade (thresholds and calibration summary) as JSON."),
+) -> None:
+    """Fit the cascade's confidence thresholds on calibration data and save them in the artifact.
+
+    Accuracy must stay >= the full-dim head's minus --max-drop points while the expected honest cost (the dims of every head a sample passes through) is as small as possible.
+
+    Example: mrl-deploy calibrate artifacts/digits digits --max-drop 0.5
+    """
+    from .artifact import Artifact
+    from .cascade import artifact_logit_dims, calibrate_artifact, load_classification_data
+    from .runtimes import resolve_runtime
+
+    artifact = Artifact.load(artifact_dir)
+    artifact_logit_dims(artifact)  # no heads: fail before loading data
+    dataset = load_classification_data(data, artifact, split="calibration")
+    if dataset["y"] is None:
+        raise MRLDeployError(f"{data} has no labels: calibration needs labelled data (digits, bbc-news, a .npz with x and y)")
+    runtime = resolve_runtime(runtime, artifact)
+    with console.status("running every head on the calibration split and fitting thresholds..."):
+        saved = calibrate_artifact(artifact.path, dataset["x"], dataset["y"], max_drop=max_drop, confidence=confidence,
+                                   method=method, runtime=runtime, batch_size=batch_size,
+                                   data={"name": str(data), "split": "calibration", "samples": int(len(dataset["y"])),
+                                         **{k: dataset[k] for k in ("seed",) if k in dataset}})
+    if json_out:
+        emit_json(saved)
+        return
+    rows = []
+    for name, fit in saved["methods"].items():
+        rows.append([name + (" (saved)" if name == saved["method"] else ""), " -> ".join(map(str, fit["dims"])),
+                     ", ".join("skip" if t is None else f"{t:.4f}" for t in fit["thresholds"]) or "-",
+                     f"{fit['accuracy']:.2f}", f"{fit['expected_dims']:.1f}", f"{fit['expected_honest_dims']:.1f}",
+                     f"{fit['head_flops_per_sample']:,.0f}", "yes" if fit["feasible"] else "NO"])
+    cal = saved["calibration"]
+    console.print(_cascade_table(
+        f"cascade calibration on {data} ({saved['data']['samples']} samples): full-dim head ({cal['full_dim']}) "
+        f"{cal['full_accuracy']:.2f}%, target >= {cal['target_accuracy']:.2f}%",
+        rows, ["method", "dims", "thresholds", "accuracy %", "expected dims (paper)", "honest dims", "head FLOPs", "meets target"]))
+    if not saved["feasible"]:
+        console.print("[yellow]warning:[/yellow] the saved cascade does not meet the accuracy target on the calibration data")
+    console.print(f"[green]saved[/green] thresholds in {artifact.path / 'mrl.json'}", highlight=False)
+
+
+@app.command()
+def classify(
+    artifact_dir: Path = typer.Argument(..., help="An artifact exported with classifier heads (logits outputs)."),
+    data: str = typer.Argument(..., help="digits, bbc-news or a .npz with x and y (labelled: accuracy is reported), or inputs for the artifact (.npy, .npz without y, .txt)."),
+    cascade: bool = typer.Option(False, "--cascade", help="Classify with the calibrated cascade (run `mrl-deploy calibrate` first)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Classify with the head at this dim only (default: the largest head)."),
+    split: str = typer.Option("test", "--split", help="Split of a named / labelled dataset: test (held out from calibration), calibration, or all."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per sample (prediction, label, stop dim, confidence) to this .jsonl file."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report (accuracy, stop histogram, expected dims, FLOPs, latency) as JSON."),
+) -> None:
+    """Classify DATA with one head (--dim) or the calibrated cascade (--cascade), reporting per sample the dim at which it stopped and its confidence.
+
+    Example: mrl-deploy classify artifacts/digits digits --cascade
+    """
+    from .artifact import Artifact
+    from .cascade import Cascade, artifact_logit_dims, classify_artifact, load_classification_data
+    from .runtimes import resolve_runtime
+
+    if cascade and dim is not None:
+        raise MRLDeployError("give --cascade or --dim, not both")
+    artifact = Artifact.load(artifact_dir)
+    artifact_logit_dims(artifact)
+    chosen = Cascade.from_manifest(artifact.manifest, str(artifact.path)) if cascade else None
+    dataset = load_classification_data(data, artifact, split=split)
+    runtime = resolve_runtime(runtime, artifact)
+    with console.status("classifying..."):
+        out = classify_artifact(artifact, dataset["x"], dataset["y"], dim=dim, cascade=chosen, runtime=runtime,
+                                batch_size=batch_size)
+    report, result = out["report"], out["result"]
+    report.update({"data": str(data), "split": dataset["split"], "runtime": runtime})
+    if output is not None:
+        _write_predictions(output, result, dataset["y"], artifact.labels)
+        report["predictions_file"] = str(output)
+    if json_out:
+        emit_json(report)
+        return
+    _print_classify_report(report)
+
+
+def _write_predictions(path: Path, result, labels, names) -> None:
+    """One JSON object per line, written to a temp file and renamed (no half-written file)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            for i in range(len(result.predictions)):
+                record = {"index": i, "prediction": int(result.predictions[i])}
+                if names:
+                    record["class"] = names[int(result.predictions[i])]
+                if labels is not None:
+                    record["label"] = int(labels[i])
+                record.update(stop_dim=int(result.stop_dims[i]), honest_dims=int(result.honest_dims[i]),
+                              confidence=round(float(result.confidences[i]), 6))
+                handle.write(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _print_classify_report(report: dict) -> None:
+    mode = "cascade " + " -> ".join(map(str, report["dims"])) if report["mode"] == "cascade" else f"head at dim {report['dims'][0]}"
+    rows = [["samples", report["samples"]]]
+    if "accuracy" in report:
+        rows.append(["accuracy %", f"{report['accuracy']:.2f}"])
+    rows += [
+        ["expected dims (paper: final head)", f"{report['expected_dims']:.2f}"],
+        ["expected dims (honest: every head passed)", f"{report['expected_honest_dims']:.2f}"],
+        ["head FLOPs per sample", f"{report['head_flops_per_sample']:,.0f}"],
+        ["encoder FLOPs per sample", f"{report['encoder_flops_per_sample']:,}" if report.get("encoder_flops_per_sample") else "unknown"],
+        ["latency ms per sample (encoder + heads + cascade)", f"{report['ms_per_sample']:.3f}"],
+        ["stop histogram", ", ".join(f"{d}: {100 * f:.1f}%" for d, f in report["stop_histogram"].items())],
+        ["runtime", report["runtime"]],
+    ]
+    console.print(_cascade_table(f"classify {report['data']} ({report['split']}) with the {mode}", rows, ["", "value"]))
+    if report.get("predictions_file"):
+        console.print(f"[green]wrote[/green] {report['predictions_file']}", highlight=False)
 
 # --- adaptive retrieval: index, search, tune ------------------------------------------------
 # (retrieval commands)
