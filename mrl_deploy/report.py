@@ -182,7 +182,10 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     console.print(f"[dim]Encoder FLOPs: {human_count(encoder)} per sample at every dim (the encoder runs in full "
                   f"whatever prefix is kept). FLOPs: {unit}. Retrieval FLOPs per query over "
                   f"{report['settings']['corpus_size']:,} vectors: exact N·d, adaptive N·Ds + k·Dr with "
-                  f"k={report['settings']['shortlist_size']}.[/dim]")
+                  f"k={report['settings']['shortlist_size']}."
+                  + (f" Text encoder FLOPs counted at {settings['flops_sequence_length']} tokens; timed at "
+                     f"{settings.get('sequence_length')} tokens." if settings.get("flops_sequence_length") else "")
+                  + "[/dim]")
     quality = report.get("quality")
     if quality:
         console.print(f"[dim]Quality on {quality['data']} ({quality['split']}, {quality['samples']} samples, "
@@ -387,6 +390,11 @@ def _plot_retrieval_cost(ax, report):
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     _plain_ticks(ax, dims, y=False)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("dim")
     ax.set_ylabel("FLOPs per query / sample")
     ax.set_title(f"Compute vs dims (corpus {report['settings']['corpus_size']:,}; no --data)")
