@@ -42,6 +42,9 @@ from .errors import DataError, InputError, MRLDeployError
 CONFIDENCES = ("softmax", "margin")
 METHODS = ("search", "greedy")
 CASCADE_FORMAT = 1
+# z of the margin on the accuracy constraint: thresholds fitted to just meet the target on a few
+# hundred samples lose more than the target on new data (benchmarks/cascade.py measures it)
+DEFAULT_SAFETY = 1.0
 
 
 # --- confidence ---------------------------------------------------------------------------------
@@ -221,17 +224,21 @@ class FitResult:
 
 def fit_cascade(logits: Mapping[int, np.ndarray], labels: np.ndarray, *, max_drop: float = 0.5,
                 confidence: str = "softmax", method: str = "search", dims: Sequence[int] | None = None,
-                flops_per_head: Mapping[int, int] | None = None) -> FitResult:
+                flops_per_head: Mapping[int, int] | None = None, safety: float = 0.0) -> FitResult:
     """Fit thresholds on calibration logits {dim: N x C} and labels so that the cascade's accuracy
-    is >= the largest head's accuracy minus `max_drop` points at the smallest expected honest cost."""
+    is >= the largest head's accuracy minus `max_drop` points at the smallest expected honest cost.
+    `safety` > 0 demands that many standard deviations of margin on the accuracy difference (see
+    _Problem.credit), so that the constraint still holds on new data."""
     if method not in METHODS:
         raise InputError(f"unknown cascade fitting method {method!r}; choose from {', '.join(METHODS)}")
     if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 100):
         raise InputError(f"--max-drop must be between 0 and 100 points, got {max_drop}")
+    if not (isinstance(safety, (int, float)) and 0 <= safety <= 10):
+        raise InputError(f"--safety must be between 0 and 10 (standard deviations), got {safety}")
     dims = sorted(int(d) for d in (dims if dims is not None else logits))
     stack = _stack_logits(logits, dims)
     labels = check_labels(labels, len(stack[0]), stack[0].shape[1])
-    problem = _Problem.build(stack, labels, dims, confidence)
+    problem = _Problem.build(stack, labels, dims, confidence, safety)
     target = problem.target_correct(max_drop)
     if method == "greedy":
         thresholds = _fit_greedy(problem, target)
@@ -243,11 +250,20 @@ def fit_cascade(logits: Mapping[int, np.ndarray], labels: np.ndarray, *, max_dro
         **result.summary(labels, flops_per_head),
         "full_dim": dims[-1],
         "full_accuracy": accuracy(problem.predictions[-1], labels),
-        "target_accuracy": 100.0 * target / problem.n,
+        "target_accuracy": accuracy(problem.predictions[-1], labels) - float(max_drop),
         "max_drop": float(max_drop),
+        "safety": float(safety),
     }
-    feasible = int(np.sum(result.predictions == labels)) >= target
+    feasible = problem.evaluate(_full_vector(problem, cascade))[1] >= target
     return FitResult(cascade, method, feasible, calibration)
+
+
+def _full_vector(problem: "_Problem", cascade: Cascade) -> np.ndarray:
+    """The cascade as a threshold vector over all of the problem's dims (+inf: skipped)."""
+    thresholds = np.full(problem.steps, math.inf)
+    for dim, threshold in zip(cascade.dims, cascade.thresholds + [-math.inf]):
+        thresholds[int(np.flatnonzero(problem.dims == dim)[0])] = threshold
+    return thresholds
 
 
 def check_labels(labels: Any, count: int, num_classes: int) -> np.ndarray:
@@ -278,17 +294,29 @@ class _Problem:
     correct: np.ndarray
     confidence: str = "softmax"
     order: np.ndarray | None = None     # per step, sample indices by decreasing confidence
+    safety: float = 0.0                 # z of the margin on the accuracy constraint (see credit)
 
     def __post_init__(self) -> None:
         if self.order is None:
             self.order = np.argsort(-self.confidences, axis=1, kind="stable")
+        # where a head and the full-dim head disagree on correctness: the samples whose count
+        # decides the accuracy difference, and its noise
+        self.changed = self.correct != self.correct[-1][None, :]
+
+    def credit(self, correct, changed):
+        """Correct count less `safety` standard deviations of the accuracy difference to the
+        full-dim head (McNemar: the variance of losses - gains is about losses + gains). A
+        threshold vector chosen to just meet the target on few calibration samples loses
+        accuracy on new data; the margin pays for that selection, most where samples are few."""
+        return np.asarray(correct, dtype=np.float64) - self.safety * np.sqrt(np.asarray(changed, dtype=np.float64))
 
     @classmethod
-    def build(cls, stack: list[np.ndarray], labels: np.ndarray, dims: Sequence[int], confidence: str) -> "_Problem":
+    def build(cls, stack: list[np.ndarray], labels: np.ndarray, dims: Sequence[int], confidence: str,
+              safety: float = 0.0) -> "_Problem":
         predictions, confidences = zip(*(predict_with_confidence(x, confidence) for x in stack))
         predictions = np.stack(predictions)
         return cls(np.array(dims, dtype=np.int64), predictions, np.stack(confidences), predictions == labels[None, :],
-                   confidence)
+                   confidence, safety=float(safety))
 
     @property
     def n(self) -> int:
@@ -298,23 +326,26 @@ class _Problem:
     def steps(self) -> int:
         return len(self.dims)
 
-    def target_correct(self, max_drop: float) -> int:
-        """Fewest correct calibration samples that keep accuracy >= full - max_drop points."""
+    def target_correct(self, max_drop: float) -> float:
+        """The credit (correct count, less the safety margin) that keeps accuracy >= full -
+        max_drop points; with safety 0 the fewest correct samples."""
         full = int(self.correct[-1].sum())
-        return max(0, math.ceil(full - max_drop / 100.0 * self.n - 1e-9))
+        return max(0.0, full - max_drop / 100.0 * self.n - 1e-9)
 
-    def evaluate(self, thresholds: np.ndarray) -> tuple[int, int]:
-        """(total honest cost in dims, number correct) for a full threshold vector (K, last -inf);
-        +inf at a step means the step is skipped: its head is never computed and costs nothing."""
+    def evaluate(self, thresholds: np.ndarray) -> tuple[int, float]:
+        """(total honest cost in dims, credit) for a full threshold vector (K, last -inf); +inf at
+        a step means the step is skipped: its head is never computed and costs nothing."""
         stop = _stop_index(self.confidences, thresholds)
         active = np.where(np.isposinf(thresholds), 0, self.dims)
         cost = int(np.cumsum(active)[stop].sum())
-        return cost, int(self.correct[stop, np.arange(self.n)].sum())
+        columns = np.arange(self.n)
+        return cost, float(self.credit(self.correct[stop, columns].sum(), self.changed[stop, columns].sum()))
 
     def candidates(self, thresholds: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every distinct outcome of changing thresholds[step] with the others fixed:
-        (threshold values, total cost, total correct), the first candidate being 'skip' (+inf)."""
-        correct, n = self.correct, self.n
+        (threshold values, total cost, credit), the first candidate being 'skip' (+inf)."""
+        # counts[0] correct, counts[1] changed against the full-dim head, per (step, sample)
+        counts, n = np.stack([self.correct, self.changed]).astype(np.int64), self.n
         stops = self.confidences >= thresholds[:, None]
         stops[-1] = True
         cumulative = np.cumsum(np.where(np.isposinf(thresholds), 0, self.dims))
@@ -323,7 +354,7 @@ class _Problem:
         # samples stopping before `step` are untouched by it
         early = np.argmax(stops[:, ~reach], axis=0)
         fixed_cost = int(cumulative[early].sum())
-        fixed_correct = int(correct[early, columns[~reach]].sum())
+        fixed_counts = counts[:, early, columns[~reach]].sum(axis=1)
         # the others, in decreasing confidence at `step`, and what happens to them past `step`
         # with the other thresholds as they are
         order = self.order[step][reach[self.order[step]]]
@@ -331,16 +362,16 @@ class _Problem:
         tail = step + 1 + np.argmax(stops[step + 1:, order], axis=0)
         before = int(cumulative[step - 1]) if step else 0
         tail_cost = cumulative[tail] - cumulative[step] + before
-        tail_correct = correct[tail, order].astype(np.int64)
+        tail_counts = counts[:, tail, order]
         base_cost = fixed_cost + int(tail_cost.sum())
-        base_correct = fixed_correct + int(tail_correct.sum())
+        base_counts = fixed_counts + tail_counts.sum(axis=1)
         count = len(order)
         if not count:
-            return np.array([math.inf]), np.array([base_cost]), np.array([base_correct])
+            return np.array([math.inf]), np.array([base_cost]), self.credit(base_counts[:1], base_counts[1:])
         # active with threshold c: the reaching samples with confidence >= c stop here; an active
         # step pays its dim for every reaching sample, even those that go on
         delta_cost = np.cumsum(before - tail_cost)
-        delta_correct = np.cumsum(correct[step, order].astype(np.int64) - tail_correct)
+        delta_counts = np.cumsum(counts[:, step, order] - tail_counts, axis=1)
         # one candidate per run of equal confidences (stop all of the run or none of it); the
         # threshold halfway to the next lower confidence generalises better than the value itself
         ends = np.flatnonzero(np.r_[values[1:] != values[:-1], True])
@@ -348,8 +379,8 @@ class _Problem:
         last = np.isinf(next_lower)
         chosen = np.where(last, -math.inf, (values[ends] + np.where(last, 0.0, next_lower)) / 2)
         costs = base_cost + count * int(self.dims[step]) + delta_cost[ends]
-        corrects = base_correct + delta_correct[ends]
-        return np.r_[math.inf, chosen], np.r_[base_cost, costs], np.r_[base_correct, corrects]
+        totals = np.c_[base_counts, base_counts[:, None] + delta_counts[:, ends]]
+        return np.r_[math.inf, chosen], np.r_[base_cost, costs], self.credit(totals[0], totals[1])
 
     def to_cascade(self, thresholds: np.ndarray, confidence: str) -> Cascade:
         """Drop skipped steps (+inf) and everything after the first always-stop step (-inf)."""
@@ -454,7 +485,7 @@ def _pair_descent(problem: _Problem, thresholds: np.ndarray, target: int, outer:
                         continue
                     masked = np.where(feasible, costs, np.iinfo(np.int64).max)
                     pick = _argmin_with_ties(masked, corrects)
-                    key = (int(costs[pick]), -int(corrects[pick]))
+                    key = (int(costs[pick]), -float(corrects[pick]))
                     if key < best_key:
                         best_key, best = key, trial.copy()
                         best[j] = inner[pick]
@@ -568,8 +599,8 @@ def run_heads(artifact: Any, inputs: Any, dims: Sequence[int] | None = None, **r
 
 
 def calibrate_artifact(directory: Any, inputs: Any, labels: np.ndarray, *, max_drop: float = 0.5,
-                       confidence: str = "softmax", method: str = "search", data: dict[str, Any] | None = None,
-                       **run_options: Any) -> dict[str, Any]:
+                       confidence: str = "softmax", method: str = "search", safety: float = DEFAULT_SAFETY,
+                       data: dict[str, Any] | None = None, **run_options: Any) -> dict[str, Any]:
     """Fit the cascade on labelled calibration data, both methods (the chosen one is saved), and
     write thresholds + the calibration summary into the artifact's manifest atomically."""
     from datetime import datetime, timezone
@@ -584,7 +615,8 @@ def calibrate_artifact(directory: Any, inputs: Any, labels: np.ndarray, *, max_d
     num_classes = next(iter(logits.values())).shape[1]
     labels = check_labels(labels, len(next(iter(logits.values()))), num_classes)
     flops = head_flops_of(artifact)
-    fits = {m: fit_cascade(logits, labels, max_drop=max_drop, confidence=confidence, method=m, flops_per_head=flops)
+    fits = {m: fit_cascade(logits, labels, max_drop=max_drop, confidence=confidence, method=m, flops_per_head=flops,
+                           safety=safety)
             for m in METHODS}
     chosen = fits[method]
     methods = {
@@ -596,6 +628,7 @@ def calibrate_artifact(directory: Any, inputs: Any, labels: np.ndarray, *, max_d
         "method": method,
         "feasible": chosen.feasible,
         "max_drop": float(max_drop),
+        "safety": float(safety),
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": data or {},
         "calibration": chosen.calibration,

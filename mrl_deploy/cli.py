@@ -227,6 +227,7 @@ def calibrate(
     max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy the cascade may lose against the full-dim head, in points."),
     confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
     method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
+    safety: float = typer.Option(1.0, "--safety", help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
     json_out: bool = typer.Option(False, "--json", help="Print the saved cascade (thresholds and calibration summary) as JSON."),
@@ -249,7 +250,7 @@ def calibrate(
     runtime = resolve_runtime(runtime, artifact)
     with console.status("running every head on the calibration split and fitting thresholds..."):
         saved = calibrate_artifact(artifact.path, dataset["x"], dataset["y"], max_drop=max_drop, confidence=confidence,
-                                   method=method, runtime=runtime, batch_size=batch_size,
+                                   method=method, safety=safety, runtime=runtime, batch_size=batch_size,
                                    data={"name": str(data), "split": "calibration", "samples": int(len(dataset["y"])),
                                          **{k: dataset[k] for k in ("seed",) if k in dataset}})
     if json_out:

@@ -154,6 +154,25 @@ def test_max_drop_allows_a_cheaper_cascade():
     assert fit.calibration["target_accuracy"] == 90.0
 
 
+def test_safety_margin_refuses_a_trade_of_one_loss_for_one_gain():
+    # stopping the confident ones at 8 loses one sample the full head gets and wins one it misses:
+    # equal accuracy on calibration, but a coin flip on new data
+    groups = [
+        (50, [(0.97, False), (0.9, False)]),
+        (1, [(0.97, True), (0.9, False)]),
+        (1, [(0.97, False), (0.9, True)]),
+        (8, [(0.40, True), (0.9, False)]),
+    ]
+    logits, labels = grouped_logits(groups, dims=(8, 64))
+    assert fit_cascade(logits, labels, max_drop=0.0, safety=0.0).cascade.dims == [8, 64]
+    strict = fit_cascade(logits, labels, max_drop=0.0, safety=1.0)
+    assert strict.cascade.dims == [64] and strict.feasible
+    # a budget of 3 points (1.8 samples) covers one standard deviation (sqrt 2 samples)
+    assert fit_cascade(logits, labels, max_drop=3.0, safety=1.0).cascade.dims == [8, 64]
+    with pytest.raises(InputError, match="safety"):
+        fit_cascade(logits, labels, safety=-1)
+
+
 def random_problem(seed, n=20, dims=(8, 16, 32, 64)):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, C, n)
