@@ -416,6 +416,7 @@ def main(argv=None):
             results["skipped"][name] = f"{type(exc).__name__}: {exc}"
             say(f"{name}: skipped ({exc})")
     results["targets"] = targets(results["models"])
+    results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoders.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -180,7 +180,16 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "env": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
+        "load_average": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load: other processes on a shared machine skew timings; this says how much."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def machine_name(machine: dict[str, Any]) -> str:
