@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import ArtifactError, MRLDeployError, VerificationError, require
 
 # Kept in fp32 in the fp16 variant. Norms square their input: the sum of squares leaves fp16's
-# range (65504) once the vector's norm passes 256, which unnormalised embeddings reach; they cost
-# one reduction per vector, so keeping them exact is nearly free.
+# range (65504) once the vector's norm passes 256, which unnormalised embeddings reach. ORT CPU
+# computes them in fp32 anyway; CUDA / TensorRT kernels may not. One reduction per vector: free.
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ("ReduceL2", "LpNormalization", "ReduceSumSquare")
 
 # Integer kernels for these are faster than fp32 on CPU. Conv is left out on purpose: ORT's
@@ -36,8 +36,9 @@ FP16_KEEP_FP32_OPS: tuple[str, ...] = ("ReduceL2", "LpNormalization", "ReduceSum
 INT8_DENSE_OPS: tuple[str, ...] = ("MatMul", "Gemm")
 INT8_ATTENTION_OPS: tuple[str, ...] = ("Attention",)   # com.microsoft fused attention, if present
 WEIGHT_TYPES = ("qint8", "quint8")
-# Measured on this AMD EPYC (AVX-512 VNNI): QInt8 weights are as fast as QUInt8 and more accurate
-# (see the report numbers in the README section); QInt8 is also what ORT recommends for dynamic quant.
+# QInt8 weights, measured on this AMD EPYC (AVX-512 VNNI), MiniLM batch 32: 1.9x faster than fp32
+# against 1.3x for QUInt8 at the same cosine (per channel). Per-channel weight scales cost ~5% of
+# speed and lift MiniLM's worst cosine from 0.92 to 0.99 (per-tensor scales lose small channels).
 DEFAULT_WEIGHT_TYPE = "qint8"
 # With a sample, make_int8 keeps the worst nodes in fp32 until the variant reaches these against
 # the fp32 graph: a margin above the exporter's PyTorch bounds (cosine 0.99, top-1 0.99).

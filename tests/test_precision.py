@@ -29,8 +29,6 @@ from mrl_deploy.exporters.precision import (  # noqa: E402
     rank_by_activation_range,
 )
 
-FLOAT = onnx.TensorProto.FLOAT
-
 
 def _confident(*heads):
     """Scale random heads up so their logits have margins like a trained classifier's: random
