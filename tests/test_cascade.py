@@ -321,6 +321,40 @@ def test_cli_classify_unlabelled_and_errors(tiny, tmp_path):
 
 
 @needs_torch
+def test_cli_calibrate_then_classify_on_held_out_split(tiny, tmp_path):
+    import shutil
+
+    directory = tmp_path / "a"
+    shutil.copytree(tiny["dir"], directory)
+    data = tiny["root"] / "labelled.npz"
+    result = run_cli("calibrate", directory, data, "--max-drop", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(result.stdout)
+    manifest = json.loads((directory / "mrl.json").read_text())
+    assert manifest["cascade"]["thresholds"] == saved["thresholds"] and manifest["cascade"]["dims"] == saved["dims"]
+    from mrl_deploy.data import load_dataset
+
+    cal, test = (load_dataset(data, split=s) for s in ("calibration", "test"))
+    assert saved["data"]["split"] == "calibration" and saved["data"]["samples"] == len(cal)
+    assert 80 <= len(cal) <= 100 and 80 <= len(test) <= 100           # halves of 30% of 600
+    assert not {row.tobytes() for row in cal.x} & {row.tobytes() for row in test.x}  # thresholds never see test
+    result = run_cli("classify", directory, data, "--cascade", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and report["samples"] == len(test) and report["mode"] == "cascade"
+    assert report["dims"] == saved["dims"] and 0 <= report["accuracy"] <= 100
+    assert sum(report["stop_histogram"].values()) == pytest.approx(1.0)
+    assert report["expected_dims"] <= report["expected_honest_dims"]
+    # human-readable output works too
+    result = run_cli("classify", directory, data, "--cascade")
+    assert result.returncode == 0 and "honest" in result.stderr
+    # labels beyond the heads' classes
+    np.savez(tmp_path / "bad.npz", x=tiny["x"], y=np.arange(600) % 9)
+    result = run_cli("calibrate", directory, tmp_path / "bad.npz")
+    assert result.returncode == 2 and "labels must lie in 0..4" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_torch
 def test_artifact_without_heads_is_a_one_line_error(tmp_path):
     from mrl_deploy import export
 

@@ -1,0 +1,275 @@
+"""Cascaded classification on held-out data: the MRL paper's adaptive-classification table for
+digits and bbc-news, with the cost counted both ways.
+
+    .venv/bin/python benchmarks/cascade.py                     # digits and bbc-news
+    .venv/bin/python benchmarks/cascade.py --datasets digits
+    .venv/bin/python benchmarks/cascade.py --artifact digits=artifacts/digits   # an existing artifact
+
+Per dataset: train an MRL model with `mrl-deploy train DATA` (cached in benchmarks/.cache; the
+bbc-news model is the MiniLM adapter), export it with every head (`--all-dims`), and run every head
+once on the calibration split and on the test split (disjoint: the dataset module splits the
+validation part, seeded and stratified; thresholds never see the test split). Then:
+
+  fixed heads      test accuracy of every head alone (cost: its dim)
+  capped table     like the paper's: for every cap dim d, the cascade over the heads <= d fitted on
+                   the calibration split to keep the accuracy of head d within --max-drop points,
+                   with the paper's greedy and with the whole-vector search (default), at each
+                   safety margin; reported on the test split: accuracy, expected dims (the paper's
+                   measure, final head only), honest dims (every head passed), head FLOPs
+  frontier         the full cascade at several --max-drop budgets: test accuracy vs honest dims
+  heads in graph   latency of one graph run returning the embedding only vs every head's logits
+                   (what the in-graph heads cost next to the encoder)
+
+Writes benchmarks/results/cascade.json and cascade.png (with the machine named)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"
+RESULTS = ROOT / "results"
+DATASETS = ("digits", "bbc-news")
+SAFETIES = (0.0, 1.0, 2.0)
+BUDGETS = (0.0, 0.5, 1.0, 2.0, 5.0)
+# The MRL paper (Kusupati et al. 2022), ResNet-50 on ImageNet-1K, ../shared/ANCHORS.md
+PAPER = {
+    "dataset": "ImageNet-1K, ResNet-50 MRL (paper, thresholds fitted on a held-out 10k split)",
+    "cascade_accuracy": 76.3,
+    "expected_dims": 37,
+    "honest_dims": 62,
+    "matched_fixed_dim": 512,
+    "full_dim": 2048,
+    "fixed_top1_by_dim": {8: 66.6, 16: 73.5, 32: 75.0, 64: 75.8, 128: 76.3, 256: 76.5, 512: 76.6, 1024: 76.8, 2048: 76.8},
+    "note": "the paper's '14x smaller' is 512 / 37 on the final dim; counting every head passed "
+            "through it is ~62 dims (8.2x)",
+}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "mrl_deploy.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def prepare(dataset: str) -> Path:
+    """Train (cached) and export every head of an MRL model for `dataset`."""
+    checkpoint = CACHE / f"cascade_{dataset}_ckpt"
+    artifact = CACHE / f"cascade_{dataset}"
+    if not checkpoint.is_dir():
+        say(f"[{dataset}] training: mrl-deploy train {dataset}")
+        cli("train", dataset, "-o", str(checkpoint))
+    if not (artifact / "mrl.json").is_file():
+        say(f"[{dataset}] exporting every head: mrl-deploy export --all-dims")
+        cli("export", str(checkpoint), "--all-dims", "-o", str(artifact))
+    return artifact
+
+
+def heads_on(artifact, dataset: str, split: str):
+    from mrl_deploy.cascade import load_classification_data, run_heads
+
+    data = load_classification_data(dataset, artifact, split=split)
+    logits, seconds = run_heads(artifact, data["x"], batch_size=256)
+    return logits, np.asarray(data["y"]), seconds
+
+
+def evaluate(cascade, logits, labels, flops) -> dict:
+    result = cascade.run({d: logits[d] for d in cascade.dims})
+    return {"dims": cascade.dims, "thresholds": cascade.to_json()["thresholds"], **result.summary(labels, flops)}
+
+
+def capped_table(cal, test, dims, flops, max_drop: float) -> list[dict]:
+    from mrl_deploy.cascade import accuracy, fit_cascade
+
+    (cal_logits, cal_y), (test_logits, test_y) = cal, test
+    rows = []
+    for cap in dims[1:]:
+        use = [d for d in dims if d <= cap]
+        cap_test = accuracy(test_logits[cap].argmax(1), test_y)
+        for method in ("greedy", "search"):
+            for safety in SAFETIES if method == "search" else (0.0,):
+                started = time.perf_counter()
+                fit = fit_cascade(cal_logits, cal_y, max_drop=max_drop, method=method, dims=use, safety=safety,
+                                  flops_per_head=flops)
+                row = evaluate(fit.cascade, test_logits, test_y, flops)
+                rows.append({
+                    "cap": cap, "method": method, "safety": safety, "fit_seconds": time.perf_counter() - started,
+                    "calibration": {k: fit.calibration[k] for k in ("accuracy", "full_accuracy", "expected_dims",
+                                                                     "expected_honest_dims")},
+                    "calibration_feasible": fit.feasible,
+                    "cap_head_test_accuracy": cap_test, "drop": cap_test - row["accuracy"], **row,
+                })
+    return rows
+
+
+def frontier(cal, test, dims, flops) -> list[dict]:
+    from mrl_deploy.cascade import fit_cascade
+
+    rows = []
+    for max_drop in BUDGETS:
+        for safety in SAFETIES:
+            fit = fit_cascade(cal[0], cal[1], max_drop=max_drop, dims=dims, safety=safety, flops_per_head=flops)
+            rows.append({"max_drop": max_drop, "safety": safety, **evaluate(fit.cascade, test[0], test[1], flops)})
+    return rows
+
+
+def graph_heads_latency(artifact, x, dims, batch: int = 64, repeats: int = 30) -> dict:
+    """One graph run per batch: embedding only vs embedding + every head's logits (p50 seconds)."""
+    feed = next(artifact.batches(x, batch))
+    runner = artifact.runtime("ort-cpu")
+    small = [f"embedding_{max(artifact.exported_dims)}"]
+    full = small + [f"logits_{d}" for d in dims]
+    times = {"embedding_only": [], "embedding_and_all_heads": []}
+    for _ in range(3):
+        runner.infer(feed, full)
+    for _ in range(repeats):   # interleaved, so machine load hits both alike
+        for name, outputs in (("embedding_only", small), ("embedding_and_all_heads", full)):
+            started = time.perf_counter()
+            runner.infer(feed, outputs)
+            times[name].append(time.perf_counter() - started)
+    p50 = {k: float(np.median(v)) for k, v in times.items()}
+    return {"batch": int(len(next(iter(feed.values())))), "p50_seconds": p50,
+            "heads_share": 1 - p50["embedding_only"] / p50["embedding_and_all_heads"]}
+
+
+def run_dataset(dataset: str, artifact_dir: Path, max_drop: float) -> dict:
+    from mrl_deploy.artifact import Artifact
+    from mrl_deploy.cascade import accuracy, head_flops_of, load_classification_data
+
+    artifact = Artifact.load(artifact_dir)
+    dims = artifact.logit_dims
+    flops = head_flops_of(artifact)
+    say(f"[{dataset}] heads {dims}: running the calibration and test splits")
+    cal_logits, cal_y, _ = heads_on(artifact, dataset, "calibration")
+    test_logits, test_y, seconds = heads_on(artifact, dataset, "test")
+    fixed = [{"dim": d, "test_accuracy": accuracy(test_logits[d].argmax(1), test_y),
+              "calibration_accuracy": accuracy(cal_logits[d].argmax(1), cal_y), "head_flops": flops.get(d)} for d in dims]
+    say(f"[{dataset}] fitting capped cascades")
+    table = capped_table((cal_logits, cal_y), (test_logits, test_y), dims, flops, max_drop)
+    say(f"[{dataset}] frontier")
+    front = frontier((cal_logits, cal_y), (test_logits, test_y), dims, flops)
+    x_test = load_classification_data(dataset, artifact, split="test")["x"]
+    full = max(dims)
+    default = next(r for r in table if r["cap"] == full and r["method"] == "search" and r["safety"] == 1.0)
+    return {
+        "dataset": dataset,
+        "artifact": str(artifact_dir),
+        "source": artifact.manifest["source"].get("path"),
+        "full_dim": artifact.full_dim,
+        "head_dims": dims,
+        "num_classes": int(cal_logits[dims[0]].shape[1]),
+        "calibration_samples": int(len(cal_y)),
+        "test_samples": int(len(test_y)),
+        "encoder_flops_per_sample": artifact.manifest.get("flops", {}).get("encoder"),
+        "flops_unit": artifact.manifest.get("flops", {}).get("unit"),
+        "test_heads_seconds": seconds,
+        "fixed_heads": fixed,
+        "capped": table,
+        "frontier": front,
+        "heads_in_graph": graph_heads_latency(artifact, x_test, dims),
+        "acceptance": {
+            "rule": "full cascade (search, safety 1.0, max_drop 0.5) on the test split: accuracy within 0.5 point "
+                    "of the full-dim head and honest expected dims <= full_dim / 10",
+            "accuracy_drop": default["drop"],
+            "honest_dims": default["expected_honest_dims"],
+            "tenth_of_full_dim": full / 10,
+            "met": bool(default["drop"] <= 0.5 and default["expected_honest_dims"] <= full / 10),
+        },
+    }
+
+
+def print_dataset(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True, width=170)
+    fixed = Table(title=f"{report['dataset']}: fixed heads (test, {report['test_samples']} samples)")
+    for column in ("dim", "test acc %", "calibration acc %"):
+        fixed.add_column(column, justify="right")
+    for row in report["fixed_heads"]:
+        fixed.add_row(str(row["dim"]), f"{row['test_accuracy']:.2f}", f"{row['calibration_accuracy']:.2f}")
+    console.print(fixed)
+    table = Table(title=f"{report['dataset']}: cascade capped at each dim (fitted on {report['calibration_samples']} "
+                        f"calibration samples, reported on the test split)")
+    for column in ("cap", "method", "safety", "dims", "test acc %", "cap head %", "drop", "expected dims (paper)",
+                   "honest dims", "head FLOPs"):
+        table.add_column(column, justify="right")
+    for r in report["capped"]:
+        table.add_row(str(r["cap"]), r["method"], f"{r['safety']:g}", "-".join(map(str, r["dims"])),
+                      f"{r['accuracy']:.2f}", f"{r['cap_head_test_accuracy']:.2f}", f"{r['drop']:+.2f}",
+                      f"{r['expected_dims']:.1f}", f"{r['expected_honest_dims']:.1f}", f"{r['head_flops_per_sample']:,.0f}")
+    console.print(table)
+    acc = report["acceptance"]
+    console.print(f"acceptance ({acc['rule']}): drop {acc['accuracy_drop']:+.2f} points, honest dims "
+                  f"{acc['honest_dims']:.1f} vs {acc['tenth_of_full_dim']:.1f}: {'MET' if acc['met'] else 'NOT MET'}")
+
+
+def plot(reports: list[dict], path: Path, machine: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 4.8), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        fixed = report["fixed_heads"]
+        ax.plot([r["dim"] for r in fixed], [r["test_accuracy"] for r in fixed], "o-", color="black", label="fixed head (cost = dim)")
+        for safety, color in zip(SAFETIES, ("tab:red", "tab:blue", "tab:green")):
+            rows = sorted((r for r in report["frontier"] if r["safety"] == safety), key=lambda r: r["expected_honest_dims"])
+            ax.plot([r["expected_honest_dims"] for r in rows], [r["accuracy"] for r in rows], "s--", color=color,
+                    label=f"cascade, honest dims (search, safety {safety:g}; budgets {', '.join(map(str, BUDGETS))})")
+            ax.plot([r["expected_dims"] for r in rows], [r["accuracy"] for r in rows], "^:", color=color, alpha=0.45,
+                    label=f"same cascades, paper's expected dims (safety {safety:g})")
+        greedy = [r for r in report["capped"] if r["method"] == "greedy"]
+        ax.plot([r["expected_honest_dims"] for r in greedy], [r["accuracy"] for r in greedy], "x", color="tab:purple",
+                markersize=8, label="paper's greedy, capped at each dim (honest dims)")
+        ax.axvline(report["full_dim"] / 10, color="gray", lw=0.8, ls="--", label="a tenth of the full dim")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("expected dims per sample (log2)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"{report['dataset']}: {report['test_samples']} test / {report['calibration_samples']} calibration samples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="lower right")
+    fig.suptitle(f"MRL cascaded classification on held-out data ({machine})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: digits, bbc-news")
+    parser.add_argument("--artifact", action="append", default=[], help="DATASET=DIR: use this exported artifact")
+    parser.add_argument("--max-drop", type=float, default=0.5, help="points of accuracy a cascade may lose (capped table)")
+    parser.add_argument("--out", default=str(RESULTS / "cascade.json"), help="JSON result path (the PNG goes beside it)")
+    args = parser.parse_args()
+    from mrl_deploy.bench import machine_info, machine_name
+
+    given = dict(a.split("=", 1) for a in args.artifact)
+    machine = machine_info()
+    reports = []
+    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        artifact_dir = Path(given[dataset]) if dataset in given else prepare(dataset)
+        report = run_dataset(dataset, artifact_dir, args.max_drop)
+        print_dataset(report)
+        reports.append(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "cascade", "machine": machine, "max_drop": args.max_drop, "safeties": list(SAFETIES),
+              "paper": PAPER, "datasets": reports}
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    plot(reports, out.with_suffix(".png"), machine_name(machine))
+    say(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
