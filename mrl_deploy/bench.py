@@ -449,7 +449,16 @@ def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None)
     text = str(spec)
     path = Path(text)
     x, y, split = None, None, "all"
-    if path.suffix.lower() == ".npz" and path.is_file():
+    dataset_module = _data_module()
+    if path.suffix.lower() == ".npz" and path.is_file() and dataset_module is not None:
+        with np.load(path, allow_pickle=False) as data:
+            labelled = "x" in data and "y" in data
+        if labelled:  # the training module's reader: string labels, image layouts, checks
+            dataset = dataset_module.load_dataset(path)
+            x, y = dataset.x, dataset.y
+        else:
+            x = load_inputs(path, artifact)
+    elif path.suffix.lower() == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data:
                 x = load_inputs(path, artifact)
@@ -480,12 +489,18 @@ def _count(x: Any) -> int:
     return len(x)
 
 
-def _named_dataset(name: str, artifact: Any) -> tuple[Any, Any, str]:
-    """digits / bbc-news through the training module's loader (its held-out split)."""
+def _data_module():
     try:
-        from . import data as data_module  # written with the training issue
+        from . import data as data_module  # the training issue's datasets and splits
     except ImportError:
-        data_module = None
+        return None
+    return data_module
+
+
+def _named_dataset(name: str, artifact: Any) -> tuple[Any, Any, str]:
+    """digits / bbc-news through the training module's loader (its held-out test split, which
+    training and calibration never saw)."""
+    data_module = _data_module()
     loader = getattr(data_module, "load_eval_data", None) or getattr(data_module, "load_dataset", None)
     if loader is None:
         raise DataError(f"unknown data {name!r}: give a .npz with x and y, a .npy or a .txt"
