@@ -63,18 +63,19 @@ def prepare_resnet50(say):
 
 def prepare_demo(say):
     """The embedded default: the MRL model `mrl-deploy train digits` trains (as `mrl-deploy demo`)."""
+    from mrl_deploy.sources import load_source
+    from mrl_deploy.train import train
+
     checkpoint = CACHE / "demo_digits"
     if not checkpoint.is_dir():
-        import subprocess
+        say("training the demo model on digits (`mrl-deploy train digits`)")
+        train("digits", checkpoint)
 
-        say("training the demo model on digits")
-        subprocess.run([sys.executable, "-m", "mrl_deploy.cli", "train", "digits", "-o", str(checkpoint)],
-                       check=True, stdout=subprocess.DEVNULL)
-    from mrl_deploy.artifact import Artifact  # noqa: F401  (fail early if the package is broken)
-    from mrl_deploy.sources import load_source
+    from mrl_deploy.data import load_dataset
 
     dims = sorted(set(load_source(str(checkpoint)).nesting_dims))
-    return _export("demo", str(checkpoint), dims=[dims[0], dims[len(dims) // 2], dims[-1]], say=say)
+    sample = load_dataset("digits", split="calibration").x[:64]  # real digits, not random pixels
+    return _export("demo", str(checkpoint), dims=[dims[0], dims[len(dims) // 2], dims[-1]], say=say, sample=sample)
 
 
 MODELS = {"minilm": prepare_minilm, "resnet50": prepare_resnet50, "demo": prepare_demo}
@@ -172,11 +173,9 @@ def quality_inputs(name, artifact, count=64):
     if name == "minilm":
         return bbc_texts(count)
     if name == "demo":
-        from sklearn.datasets import load_digits
+        from mrl_deploy.data import load_dataset
 
-        x = load_digits().data.astype(np.float32)[:count]
-        shape = [d for d in artifact.manifest["inputs"][0]["shape"][1:]]
-        return x.reshape([count, *shape]) / (16.0 if x.max() > 1 else 1.0) if shape != [64] else x / 16.0
+        return load_dataset("digits", split="test").x[:count]  # held out from training and the sample
     rng = np.random.default_rng(0)
     shape = artifact.manifest["inputs"][0]["shape"][1:]
     return rng.standard_normal([16, *shape]).astype(np.float32)
@@ -294,6 +293,7 @@ def _key(label):
 def ratios(rows):
     """p50 ratios per setting: every ORT model vs torch eager, and fp16/int8 vs ORT fp32."""
     p50 = {(r["runtime"], r["threads"], r["batch"], r.get("seq_len")): r["latency"]["p50_ms"] for r in rows}
+    best = {(r["runtime"], r["threads"], r["batch"], r.get("seq_len")): r["latency"]["min_ms"] for r in rows}
     labels = list(dict.fromkeys(r["runtime"] for r in rows if r["runtime"].startswith("ort")))
     out = []
     for (runtime, threads, batch, seq_len), torch_p50 in p50.items():
@@ -306,8 +306,12 @@ def ratios(rows):
             if ort is None:
                 continue
             row[f"{_key(label)}_vs_torch"] = ort / torch_p50
+            # min over min: the least disturbed runs, a check on p50 when other processes load the machine
+            row[f"{_key(label)}_vs_torch_min"] = best[(label, threads, batch, seq_len)] / best[(runtime, threads, batch, seq_len)]
             if label != "ort-cpu fp32" and fp32:
                 row[f"{_key(label)}_vs_ort_fp32"] = ort / fp32
+                row[f"{_key(label)}_vs_ort_fp32_min"] = (best[(label, threads, batch, seq_len)]
+                                                         / best[("ort-cpu fp32", threads, batch, seq_len)])
         out.append(row)
     return out
 
@@ -322,7 +326,8 @@ def targets(models):
             if row["batch"] == 1 and "ort_fp32_vs_torch" in row:
                 out.append({"target": f"{name}: ORT CPU batch 1 <= 0.7x torch eager (threads {row['threads']}"
                                       + (f", {row['seq_len']} tokens)" if row.get("seq_len") else ")"),
-                            "value": row["ort_fp32_vs_torch"], "met": row["ort_fp32_vs_torch"] <= 0.7})
+                            "value": row["ort_fp32_vs_torch"], "value_min": row["ort_fp32_vs_torch_min"],
+                            "met": row["ort_fp32_vs_torch"] <= 0.7})
     if "minilm" in models:
         for label in ("int8", "int8 (unverified)"):
             quality = models["minilm"]["quality"].get(label)
@@ -335,7 +340,8 @@ def targets(models):
                     continue
                 out.append({"target": f"minilm: {label} faster than fp32 at cosine >= 0.99 (threads "
                                       f"{row['threads']}, batch {row['batch']}, {row['seq_len']} tokens)",
-                            "value": value, "min_cosine": cosine, "met": value < 1 and cosine >= 0.99})
+                            "value": value, "value_min": row.get(f"{_key('ort-cpu ' + label)}_vs_ort_fp32_min"),
+                            "min_cosine": cosine, "met": value < 1 and cosine >= 0.99})
     return out
 
 
@@ -399,7 +405,8 @@ def plot(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="minilm,resnet50,demo", help="comma-separated: " + ",".join(MODELS))
-    parser.add_argument("--threads", default="1,2", help="thread counts (the same for ORT and torch)")
+    parser.add_argument("--threads", default="1", help="thread counts, the same for ORT and torch (more than 1 "
+                        "needs an otherwise idle machine: OpenMP-style pools slow down badly when cores are shared)")
     parser.add_argument("--batches", default="1,8", help="batch sizes")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per runtime and setting (over all rounds)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
@@ -437,14 +444,16 @@ def main(argv=None):
     print(f"machine: {machine_name(results['machine'])}")
     for name, model in results["models"].items():
         for row in model["ratios"]:
-            parts = [f"{k}={v:.2f}" for k, v in row.items() if k not in ("threads", "batch", "seq_len")]
+            parts = [f"{k}={v:.2f}" for k, v in row.items()
+                     if k not in ("threads", "batch", "seq_len") and not k.endswith("_min")]
             tokens = f" {row['seq_len']:3d} tok" if row.get("seq_len") else ""
             print(f"{name:9s} threads {row['threads']} batch {row['batch']:3d}{tokens}: " + " ".join(parts))
         for variant, q in model["quality"].items():
             print(f"{name:9s} {variant}: min cosine vs torch fp32 {q['min_cosine']:.5f} over {q['samples']} inputs")
     for target in results["targets"]:
         cosine = f" (min cosine {target['min_cosine']:.4f})" if "min_cosine" in target else ""
-        print(("MET   " if target["met"] else "MISSED") + f" {target['target']}: {target['value']:.2f}x{cosine}")
+        print(("MET   " if target["met"] else "MISSED") + f" {target['target']}: {target['value']:.2f}x p50"
+              f" ({target['value_min']:.2f}x min){cosine}")
     print(f"wrote {out / 'encoders.json'}" + (f" and {out / 'encoders.png'}" if results["models"] else ""))
 
 
