@@ -315,6 +315,13 @@ def _quality_series(report):
     return series
 
 
+def _quality_limits(report):
+    """Zoom on the measured range (quality near 1 would be a flat line from 0), never past [0, 1]."""
+    values = [v for _, _, series, _ in _quality_series(report) for v in series if v is not None]
+    low = min(values) if values else 0.0
+    return max(0.0, low - 0.1 * max(1.0 - low, 0.05)) if low > 0.5 else 0.0, 1.005
+
+
 def _plot_quality_dims(ax, report):
     for label, dims, values, _ in _quality_series(report):
         ax.plot(dims, values, marker="o", label=label)
@@ -322,7 +329,7 @@ def _plot_quality_dims(ax, report):
     _plain_ticks(ax, [row["dim"] for row in report["dims"]], y=False)
     ax.set_xlabel("dim")
     ax.set_ylabel("quality")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(*_quality_limits(report))
     ax.set_title(f"Quality vs dims ({(report.get('quality') or {}).get('data', '')})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -354,9 +361,14 @@ def _plot_quality_cost(ax, report):
             for x, y, dim in zip(xs, ys, names):
                 ax.annotate(str(dim), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("cost / full-dim cost (head FLOPs; search FLOPs vs exact full-dim)")
     ax.set_ylabel("quality")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(*_quality_limits(report))
     ax.set_title(f"Quality vs cost (corpus {report['settings']['corpus_size']:,})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

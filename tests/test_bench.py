@@ -302,3 +302,25 @@ def test_cuda_event_timer():
     x = torch.randn(1024, 1024, device="cuda")
     seconds = bench.time_calls(lambda: x @ x, duration=0.05, timer=bench.cuda_event_timer(torch))
     assert min(seconds) > 0
+
+
+def test_bench_torch_beside_ort(tiny_artifact):
+    pytest.importorskip("mrl_deploy.runtimes.torch_runtime", reason="the torch runtime is not in this checkout")
+    artifact, _ = tiny_artifact
+    report = bench.run_bench(artifact, runtimes="ort-cpu,torch", batches=[1], duration=0.05, threads=1)
+    assert validate(report) == [] and not report["skipped"]
+    assert [(r["runtime"], r["variant"]) for r in report["runtimes"]] == [("ort-cpu", "fp32"), ("torch", "fp32")]
+    assert report["runtimes"][1]["torch_threads"] == 1  # same thread count as ORT
+    ratio = next(r for r in report["ratios"] if r["runtime"] == "ort-cpu")
+    assert ratio["vs_torch_eager"] > 0
+
+
+def test_bench_without_torch_runtime_is_skipped_by_default(tiny_artifact, monkeypatch):
+    from mrl_deploy import runtimes
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "torch", "mrl_deploy.no_such_module:Nothing")
+    artifact, _ = tiny_artifact
+    report = bench.run_bench(artifact, runtimes="ort-cpu,torch", batches=[1], duration=0.02, skip_unavailable=True)
+    assert report["skipped"][0]["runtime"] == "torch" and "not available" in report["skipped"][0]["reason"]
+    with pytest.raises(Exception, match="not available"):
+        bench.run_bench(artifact, runtimes="torch", batches=[1], duration=0.02)
