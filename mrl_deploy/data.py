@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -196,6 +197,8 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a readable .npz file (save it with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}

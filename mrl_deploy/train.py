@@ -120,17 +120,20 @@ def mrl_loss(logits: Sequence[Any], y: Any, weights: Sequence[float] | None = No
 # --- training loop ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _deterministic(seed: int):
-    """Seeded, deterministic kernels for the duration of training; the global setting is restored."""
+def _deterministic(seed: int, threads: int = 1):
+    """Seed torch's global generator (initialisation, dropout) and fix the thread count while
+    training. One thread: these nets are small (a thread team costs more than it saves, and far
+    more on a shared, busy machine: 3x slower measured here), and a fixed count keeps the float
+    reductions, hence the weights, identical from one machine to the next."""
     import torch
 
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous = torch.get_num_threads()
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(previous)
 
 
 def fit(net, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
@@ -348,7 +351,6 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     train_set, val_set = split_dataset(dataset, seed=seed, val_fraction=val_fraction)
     say = progress or (lambda event: None)
-    say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})
 
     text = dataset.kind == "text"
     encoder_info = None
@@ -380,6 +382,7 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
         hyper = {"mean": float(values.mean()), "std": float(values.std() + 1e-6)}
     dims = _check_nesting(nesting_dims, full_dim)
     weights = _check_weights(dim_weights, dims)
+    say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})
     settings = {"loss": "mrl-e" if efficient else "mrl", "epochs": int(epochs or EPOCHS[arch_name]),
                 "batch_size": int(batch_size), "lr": float(lr or LEARNING_RATE[arch_name]),
                 "weight_decay": float(weight_decay), "dim_weights": weights, "seed": int(seed),
@@ -394,11 +397,13 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
         base, _ = _train_one(architecture_entry, input_shape, full_dim, [full_dim], num_classes, efficient,
                              x_train, train_set.y, settings, [1.0], say, "baseline")
         accuracy["baseline_truncated"] = truncated_accuracy(base, x_val, val_set.y, dims)
-        say({"stage": "probes"})
-        accuracy["baseline_probe"] = probe_accuracy(embed(base, x_train), train_set.y, embed(base, x_val),
-                                                    val_set.y, dims, num_classes)
+        probes = {"baseline_probe": (embed(base, x_train), embed(base, x_val))}
         if text:  # the plain frozen encoder, truncated: what the adapter must beat
-            accuracy["encoder_probe"] = probe_accuracy(x_train, train_set.y, x_val, val_set.y, dims, num_classes)
+            probes["encoder_probe"] = (x_train, x_val)
+        for done, (name, (features_train, features_val)) in enumerate(probes.items()):
+            say({"stage": "probes", "done": done, "total": len(probes)})
+            accuracy[name] = probe_accuracy(features_train, train_set.y, features_val, val_set.y, dims, num_classes)
+        say({"stage": "probes", "done": len(probes), "total": len(probes)})
 
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -582,3 +587,68 @@ def _text_source(net, meta, path, max_seq_length, encoder, common):
         **common,
     )
     return model
+
+
+# --- reporting (the CLI's table and progress) -------------------------------------------------
+
+ACCURACY_COLUMNS = {
+    "mrl": "MRL",
+    "baseline_truncated": "full-dim only, truncated",
+    "baseline_probe": "full-dim only + probe per dim",
+    "encoder_probe": "plain encoder + probe per dim",
+}
+
+
+def accuracy_table(meta: dict[str, Any]):
+    """A rich table: nesting dims vs validation accuracy of MRL and the baselines (the paper's layout)."""
+    from rich.table import Table
+
+    accuracy = meta["accuracy"]
+    loss = "MRL-E" if meta.get("efficient") else "MRL"
+    table = Table(title=f"{meta['data']['name']}: top-1 % on the {meta.get('accuracy_split', 'validation split')}")
+    table.add_column("dim", justify="right")
+    for key in accuracy:
+        table.add_column(ACCURACY_COLUMNS.get(key, key).replace("MRL", loss, 1) if key == "mrl" else ACCURACY_COLUMNS.get(key, key),
+                         justify="right")
+    for m in meta["nesting_dims"]:
+        table.add_row(str(m), *(f"{accuracy[key].get(str(m), float('nan')):.2f}" for key in accuracy))
+    return table
+
+
+class TrainingProgress:
+    """A rich progress display fed by train()'s progress events: embedding, then one bar per model."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage = event["stage"]
+        if stage == "data":
+            summary = event["summary"]
+            self.console.print(
+                f"{summary['name']}: {summary['samples']} samples, {summary['classes']} classes ({summary['kind']}); "
+                f"stratified split: {event['train']} train / {event['validation']} validation", highlight=False)
+        elif stage == "embed":
+            self._update("embed", "embedding texts (cached)", event["done"], event["total"], "")
+        elif stage in ("mrl", "baseline"):
+            label = "MRL" if stage == "mrl" else "baseline (full dim only)"
+            self._update(stage, f"training {label}", event["epoch"], event["epochs"], f"loss {event['loss']:.4f}")
+        elif stage == "probes":
+            self._update("probes", "baseline probes per dim", event["done"], event["total"], "")
+
+    def _update(self, key: str, description: str, done: int, total: int, note: str) -> None:
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(description, total=total, note=note)
+        self.progress.update(self.tasks[key], completed=done, total=total, note=note)
