@@ -13,6 +13,9 @@ from ..errors import ArtifactError, MissingExtraError, RuntimeUnavailableError, 
 from .base import Runtime
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
 def session_options(threads: int | None = None):
     ort = require("onnxruntime", "cpu", "the ONNX Runtime runtimes")
     options = ort.SessionOptions()
@@ -39,6 +42,14 @@ def create_session(model_path: str | Path, providers: list, threads: int | None 
             f"ONNX Runtime here has no {', '.join(missing)} (available: {', '.join(available)}); "
             "install mrl-deploy[gpu] (onnxruntime-gpu) on a machine with a GPU, or use --runtime ort-cpu"
         )
+    gpu_providers = [p for p in wanted if p in GPU_PROVIDERS]
+    if gpu_providers:
+        from .availability import gpu_present
+
+        if not gpu_present():  # onnxruntime-gpu lists them anyway, then falls back to CPU
+            raise RuntimeUnavailableError(
+                f"{', '.join(gpu_providers)} needs an NVIDIA GPU and none is visible here; use --runtime ort-cpu"
+            )
     try:
         session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # ORT raises its own exception types for corrupt or invalid graphs
@@ -59,11 +70,17 @@ class OrtRuntime(Runtime):
     name = "ort"
     providers: list = ["CPUExecutionProvider"]
     extra = "cpu"
+    # Where IO binding puts the outputs (None: plain session.run). On CUDA the outputs stay on
+    # the GPU until the requested ones are copied back, and unrequested ones are never fetched.
+    binding_device: str | None = None
 
-    def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None, model_path: str | Path | None = None):
+    def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None,
+                 model_path: str | Path | None = None, io_binding: bool | None = None):
         super().__init__(artifact, variant=variant, threads=threads)
         self.model_path = Path(model_path) if model_path else artifact.model_file(variant)
         self.session = None
+        if io_binding is not None:
+            self.binding_device = (self.binding_device or "cpu") if io_binding else None
 
     def provider_list(self) -> list:
         return list(self.providers)
@@ -75,8 +92,17 @@ class OrtRuntime(Runtime):
     def _infer(self, feed, outputs):
         feed = {name: _as_ort_type(value, self._input_types.get(name)) for name, value in feed.items()}
         names = outputs or [o.name for o in self.session.get_outputs()]
-        values = self.session.run(names, feed)
+        values = self._run_bound(names, feed) if self.binding_device else self.session.run(names, feed)
         return {name: np.asarray(value, dtype=np.float32) if value.dtype == np.float16 else value for name, value in zip(names, values)}
+
+    def _run_bound(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        for name in names:
+            binding.bind_output(name, self.binding_device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def _deactivate(self) -> None:
         self.session = None
@@ -95,12 +121,14 @@ class OrtCudaRuntime(OrtRuntime):
     name = "ort-cuda"
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     extra = "gpu"
+    binding_device = "cuda"
 
 
 class OrtTensorrtRuntime(OrtRuntime):
     name = "ort-trt"
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     extra = "gpu"
+    binding_device = "cuda"
 
     def provider_list(self) -> list:
         cache = str(self.model_path.parent / ".trt_cache")
