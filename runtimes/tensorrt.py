@@ -182,8 +182,8 @@ class TensorrtRuntime(Runtime):
 
     def _activate(self) -> None:
         where = str(self.artifact.path)
-        key, entry = engine_entry(self.artifact.manifest, self.variant, where)  # before importing anything
-        trt = require_tensorrt()
+        trt = require_tensorrt()  # what is missing here comes first, then what the artifact lacks
+        key, entry = engine_entry(self.artifact.manifest, self.variant, where)
         torch = require_cuda_torch()
         self._trt, self._torch = trt, torch
         self._version = str(trt.__version__)
