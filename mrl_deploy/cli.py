@@ -203,6 +203,66 @@ def embed(
 
 # --- runtimes: compare ----------------------------------------------------------------------
 # (runtime commands)
+@app.command()
+def compare(
+    artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", "-r", help="Comma-separated runtimes; the first is the reference: torch, torch-cuda, ort-cpu, ort-cuda, ort-trt, tensorrt. An ONNX Runtime name alone runs every variant the artifact has (fp32, fp16, int8); name:variant picks one (ort-cpu:int8). Default: torch (where installed), ort-cpu and the best runtime here."),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help="Compare on these inputs (.npy/.npz, .txt for text models) instead of one random batch from the manifest's input specs."),
+    batch: int = typer.Option(8, "--batch", "-b", help="Rows per inference call (and the size of the random batch)."),
+    limit: int = typer.Option(256, "--limit", help="At most this many rows of --inputs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
+    variants: bool = typer.Option(True, "--variants/--no-variants", help="With an ONNX Runtime or tensorrt name alone, also compare the artifact's fp16/int8 variants and engines."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the bound on the worst row's cosine (default per variant: fp32 0.99999, fp16 0.999, int8 0.99)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Override the bound on the max abs diff (default: fp32 1e-4, scaled by the logits' magnitude; none for fp16/int8)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime and torch."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="tensorrt: rebuild an engine built for another TensorRT version or GPU (from the ONNX graph in the artifact) instead of failing."),
+    json_out: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
+) -> None:
+    """Run the same inputs through several runtimes and compare every output with the first runtime's: max abs diff, mean abs diff, worst cosine. Exits 1 past tolerance.
+
+    Example: mrl-deploy compare artifacts/minilm --runtimes torch,ort-cpu
+    """
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .artifact import Artifact, load_inputs
+    from .runtimes.compare import compare_runtimes
+
+    artifact = Artifact.load(artifact_dir)
+    data = load_inputs(inputs, artifact) if inputs is not None else None
+    with console.status("comparing runtimes...") as status:
+        report = compare_runtimes(
+            artifact, parse_csv(runtimes) or None, inputs=data, batch=batch, limit=limit, seed=seed, variants=variants,
+            threads=threads, min_cosine=min_cosine, max_abs_diff=atol,
+            runtime_options={"tensorrt": {"rebuild": True}} if rebuild else None,
+            progress=lambda message: status.update(message),
+        )
+    if json_out:
+        emit_json(report)
+    else:
+        ref = report["reference"]
+        table = Table(title=f"{report['inputs']['samples']} {report['inputs']['source']} samples, against "
+                            f"{ref['runtime']}:{ref['variant']}", box=box.SIMPLE_HEAD)
+        for i, column in enumerate(("runtime", "output", "max |d|", "mean |d|", "min cosine", "top-1", "ok")):
+            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True)
+        for run in report["runs"][1:]:
+            for name, stats in run["outputs"].items():
+                top1 = stats.get("top1_agreement")
+                table.add_row(f"{run['runtime']}:{run['variant']}", name, f"{stats['max_abs_diff']:.2e}",
+                              f"{stats['mean_abs_diff']:.2e}", f"{stats['min_cosine']:.8f}",
+                              "" if top1 is None else f"{top1:.3f}",
+                              "[green]yes[/green]" if stats["passed"] else "[red]NO[/red]")
+        console.print(table)
+        for run in report["runs"]:
+            console.print(f"  {run['runtime']}:{run['variant']} ran on {run['device']}", highlight=False)
+        for skip in report["skipped"]:
+            console.print(f"  [yellow]skipped[/yellow] {skip['runtime']}:{skip['variant']}: {escape(skip['reason'])}", highlight=False)
+        for run in report["runs"][1:]:
+            for failure in run["failures"]:
+                console.print(f"[red]past tolerance:[/red] {run['runtime']}:{run['variant']}: {failure}", highlight=False)
+    if not report["passed"]:
+        raise SystemExit(1)  # click's typer.Exit would be swallowed by standalone_mode=False
 
 # --- training -------------------------------------------------------------------------------
 # (train commands)
