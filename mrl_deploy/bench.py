@@ -386,7 +386,7 @@ def _runtime_memory(runner: Any) -> tuple[Callable[[], None], Callable[[], int |
     """(reset, peak, kind): process RSS on CPU, torch.cuda peak allocation for torch on CUDA."""
     device = str(getattr(runner, "device", ""))
     torch = sys.modules.get("torch")
-    if torch is not None and "cuda" in device.lower() and runner.name == "torch" and torch.cuda.is_available():
+    if torch is not None and "cuda" in device.lower() and runner.name.startswith("torch") and torch.cuda.is_available():
         return torch.cuda.reset_peak_memory_stats, torch.cuda.max_memory_allocated, "cuda_max_allocated"
     return reset_peak_rss, peak_rss_bytes, "process_peak_rss"
 
@@ -413,7 +413,7 @@ def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int]
         "peak_rss_reset": could_reset, "batches": [],
     }
     torch = sys.modules.get("torch")
-    if name == "torch" and torch is not None:
+    if name.startswith("torch") and torch is not None:
         result["torch_threads"] = torch.get_num_threads()
     try:
         reset_mem, peak_mem, mem_kind = _runtime_memory(runner)
@@ -720,7 +720,7 @@ def _add_ratios(report: dict[str, Any]) -> None:
     ratios = []
     for batch in report["settings"]["batches"]:
         base = p50("ort-cpu", "fp32", batch)
-        torch_p50 = p50("torch", "fp32", batch)
+        torch_p50 = p50("torch", "fp32", batch) or p50("torch-cuda", "fp32", batch)
         for run in report["runtimes"]:
             mine = p50(run["runtime"], run["variant"], batch)
             if mine is None:
