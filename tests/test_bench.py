@@ -12,7 +12,7 @@ import pytest
 
 from conftest import needs_torch
 from mrl_deploy import bench
-from mrl_deploy.errors import InputError
+from mrl_deploy.errors import InputError, RuntimeUnavailableError
 from mrl_deploy.flops import (adaptive_search_flops, exact_search_flops, funnel_search_flops, head_flops,
                               retrieval_flops)
 from mrl_deploy.report import REPORT_SCHEMA, validate
@@ -321,6 +321,6 @@ def test_bench_without_torch_runtime_is_skipped_by_default(tiny_artifact, monkey
     monkeypatch.setitem(runtimes.RUNTIMES, "torch", "mrl_deploy.no_such_module:Nothing")
     artifact, _ = tiny_artifact
     report = bench.run_bench(artifact, runtimes="ort-cpu,torch", batches=[1], duration=0.02, skip_unavailable=True)
-    assert report["skipped"][0]["runtime"] == "torch" and "not available" in report["skipped"][0]["reason"]
-    with pytest.raises(Exception, match="not available"):
+    assert report["skipped"][0]["runtime"] == "torch" and "no_such_module" in report["skipped"][0]["reason"]
+    with pytest.raises(RuntimeUnavailableError, match="no_such_module"):
         bench.run_bench(artifact, runtimes="torch", batches=[1], duration=0.02)
