@@ -309,6 +309,23 @@ def train(
     console.print(f"[green]wrote[/green] {result['path']} ({result['training']['seconds']:.1f} s)", highlight=False)
 
 
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("mrl-demo"), "--workdir", "-w", help="Where the checkpoint, the artifact, demo.json and demo.png go (reused on the next run)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if WORKDIR holds a digits checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Training and split seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
+) -> None:
+    """The embedded default, offline: train an MRL model on digits, export it at 8/16/32/64 dims, and compare dims for cascaded classification and adaptive retrieval (tables + a PNG)."""
+    from .demo import run_demo
+
+    report = run_demo(workdir, retrain=retrain, seed=seed, console=console)
+    if json_out:
+        emit_json(report)
+    console.print(f"[green]plot[/green] {report['plot']}\n[green]numbers[/green] {report['json']}\n"
+                  f"[green]artifact[/green] {report['artifact']}   ({report['seconds']['total']:.1f} s)", highlight=False)
+
+
 # --- cascaded classification: calibrate, classify -------------------------------------------
 # (cascade commands)
 def _cascade_table(title: str, rows: list, columns: list) -> object:
@@ -329,7 +346,7 @@ def calibrate(
     max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy the cascade may lose against the full-dim head, in points."),
     confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
     method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
-    safety: float = typer.Option(1.0, "--safety", help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
+    safety: float = typer.Option(2.0, "--safety", help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
     count_gains: bool = typer.Option(False, "--count-gains", help="Let samples the cascade gets right and the full-dim head gets wrong offset its losses (default: only losses count, which holds better on new data)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),

@@ -27,6 +27,7 @@ from mrl_deploy.errors import DataError, InputError, MRLDeployError
 
 CLI = [sys.executable, "-m", "mrl_deploy.cli"]
 C = 4
+PLAIN = {"safety": 0.0, "count_gains": True}   # the plain constraint: calibration accuracy only
 
 
 def logits_from_probs(top: float, label: int, classes: int = C, wrong: bool = False) -> np.ndarray:
@@ -119,7 +120,7 @@ def test_search_finds_the_known_optimum():
         (30, [(0.40, True), (0.95, False), (0.9, False)]),
         (10, [(0.35, True), (0.50, True), (0.9, False)]),
     ])
-    fit = fit_cascade(logits, labels, max_drop=0.0)
+    fit = fit_cascade(logits, labels, max_drop=0.0, **PLAIN)
     assert fit.feasible and fit.cascade.dims == [8, 16, 64]
     assert 0.40 < fit.cascade.thresholds[0] <= 0.97 and 0.50 < fit.cascade.thresholds[1] <= 0.95
     assert fit.calibration["accuracy"] == 100.0
@@ -134,10 +135,10 @@ def test_search_skips_a_head_that_does_not_pay_and_beats_the_paper_greedy():
         (2, [(0.40, True), (0.95, False), (0.9, False)]),
         (38, [(0.35, True), (0.50, True), (0.9, False)]),
     ])
-    fit = fit_cascade(logits, labels, max_drop=0.0)
+    fit = fit_cascade(logits, labels, max_drop=0.0, **PLAIN)
     assert fit.cascade.dims == [8, 64]
     assert fit.calibration["expected_honest_dims"] == pytest.approx((60 * 8 + 40 * 72) / 100)
-    greedy = fit_cascade(logits, labels, max_drop=0.0, method="greedy")
+    greedy = fit_cascade(logits, labels, max_drop=0.0, method="greedy", **PLAIN)
     assert greedy.cascade.dims == [8, 16, 64] and greedy.feasible
     assert greedy.calibration["expected_honest_dims"] > fit.calibration["expected_honest_dims"]
 
@@ -148,7 +149,7 @@ def test_max_drop_allows_a_cheaper_cascade():
         (30, [(0.40, True), (0.95, False), (0.9, False)]),
         (10, [(0.35, True), (0.50, True), (0.9, False)]),
     ])
-    fit = fit_cascade(logits, labels, max_drop=10.0)   # may lose the 10 hard ones
+    fit = fit_cascade(logits, labels, max_drop=10.0, **PLAIN)   # may lose the 10 hard ones
     assert fit.cascade.dims == [8, 16] and fit.calibration["accuracy"] == 90.0
     assert fit.calibration["expected_honest_dims"] == pytest.approx((60 * 8 + 40 * 24) / 100)
     assert fit.calibration["target_accuracy"] == 90.0
@@ -164,11 +165,17 @@ def test_safety_margin_refuses_a_trade_of_one_loss_for_one_gain():
         (8, [(0.40, True), (0.9, False)]),
     ]
     logits, labels = grouped_logits(groups, dims=(8, 64))
-    assert fit_cascade(logits, labels, max_drop=0.0, safety=0.0).cascade.dims == [8, 64]
-    strict = fit_cascade(logits, labels, max_drop=0.0, safety=1.0)
+    assert fit_cascade(logits, labels, max_drop=0.0, **PLAIN).cascade.dims == [8, 64]
+    strict = fit_cascade(logits, labels, max_drop=0.0, safety=1.0, count_gains=True)
     assert strict.cascade.dims == [64] and strict.feasible
     # a budget of 3 points (1.8 samples) covers one standard deviation (sqrt 2 samples)
-    assert fit_cascade(logits, labels, max_drop=3.0, safety=1.0).cascade.dims == [8, 64]
+    assert fit_cascade(logits, labels, max_drop=3.0, safety=1.0, count_gains=True).cascade.dims == [8, 64]
+    # not counting the gain: the loss alone (1 sample, 1.7 points) must fit the budget
+    assert fit_cascade(logits, labels, max_drop=1.0, safety=0.0).cascade.dims == [64]
+    assert fit_cascade(logits, labels, max_drop=2.0, safety=0.0).cascade.dims == [8, 64]
+    # the defaults: losses only, two standard deviations (1 + 2 sqrt 2 samples = 6.4 points)
+    assert fit_cascade(logits, labels, max_drop=6.3).cascade.dims == [64]
+    assert fit_cascade(logits, labels, max_drop=6.5).cascade.dims == [8, 64]
     with pytest.raises(InputError, match="safety"):
         fit_cascade(logits, labels, safety=-1)
 
