@@ -526,20 +526,6 @@ def _unpack_dataset(dataset: Any, name: str, artifact: Any) -> tuple[Any, Any, s
     raise DataError(f"dataset {name!r}: the loader returned {type(dataset).__name__}, which bench cannot read")
 
 
-def accuracy_per_head(artifact: Any, x: Any, y: np.ndarray, dims: Iterable[int], *, runtime: str | None,
-                      variant: str, threads: int | None, batch_size: int = 64) -> dict[int, float]:
-    """Top-1 accuracy of every classifier head in `dims`, from one pass of the encoder."""
-    heads = [d for d in dims if d in artifact.logit_dims]
-    if not heads:
-        return {}
-    names = [f"logits_{d}" for d in heads]
-    outputs = artifact.run(x, names, batch_size=batch_size, runtime=runtime, variant=variant, threads=threads)
-    classes = {o["dim"]: o.get("classes") for o in artifact.manifest["outputs"] if o["kind"] == "logits"}
-    if y.size and classes.get(heads[0]) and (y.min() < 0 or y.max() >= classes[heads[0]]):
-        raise DataError(f"labels range {y.min()}..{y.max()} but the heads have {classes[heads[0]]} classes")
-    return {d: float(np.mean(outputs[f"logits_{d}"].argmax(axis=1) == y)) for d in heads}
-
-
 def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECALL_K, shortlist_size: int = 200,
                      queries: int = 200, seed: int = 0, use_index: bool = True) -> dict[str, Any]:
     """recall@k against exact search at the full (largest) dim, on the data itself: a seeded set of
@@ -609,17 +595,30 @@ def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, tr
 
 
 def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *, runtime: str | None,
-                    variant: str, threads: int | None, shortlist_size: int,
+                    variant: str, threads: int | None, shortlist_size: int, variants: Sequence[str] = (),
                     say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Accuracy per head and retrieval recall with `variant`; for each of `variants` (e.g. the
+    fp16/int8 models that were timed) its accuracy per head and its embeddings' cosine to
+    `variant`'s, so an edge user sees what the faster model costs in quality."""
     quality: dict[str, Any] = {"data": data["name"], "split": data["split"], "samples": data["count"],
                                "runtime": runtime, "variant": variant}
-    say(f"quality: embedding {data['count']} samples at {max(artifact.exported_dims)} dims")
-    vectors = artifact.encode(data["x"], dim=None, runtime=runtime, variant=variant, threads=threads)
-    if data["y"] is not None and artifact.logit_dims:
-        say("quality: accuracy per head")
-        accuracy = accuracy_per_head(artifact, data["x"], data["y"], dims, runtime=runtime, variant=variant,
-                                     threads=threads)
-        quality["accuracy"] = {str(d): a for d, a in accuracy.items()}
+    labelled = data["y"] is not None
+    say(f"quality: encoding {data['count']} samples ({variant})")
+    vectors, accuracy = _encode_and_score(artifact, data, dims, runtime, variant, threads)
+    if accuracy is not None:
+        quality["accuracy"] = accuracy
+    others = {}
+    for other in (v for v in variants if v != variant):
+        say(f"quality: encoding {data['count']} samples ({other})")
+        other_vectors, other_accuracy = _encode_and_score(artifact, data, dims, runtime, other, threads)
+        cosine = np.sum(renormalize_rows(other_vectors) * renormalize_rows(vectors), axis=1)
+        others[other] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
+        if other_accuracy is not None:
+            others[other]["accuracy"] = other_accuracy
+    if others:
+        quality["variants"] = others
+    if labelled and not artifact.logit_dims:
+        quality["accuracy_skipped"] = "the artifact has no classifier heads"
     say("quality: recall of adaptive retrieval")
     try:
         quality["retrieval"] = retrieval_recall(vectors, [d for d in dims if d <= vectors.shape[1]],
@@ -628,6 +627,29 @@ def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *,
         quality["retrieval"] = None
         quality["retrieval_skipped"] = str(exc)
     return quality
+
+
+def renormalize_rows(vectors: np.ndarray) -> np.ndarray:
+    from .artifact import renormalize
+
+    return renormalize(vectors)
+
+
+def _encode_and_score(artifact: Any, data: dict[str, Any], dims: Sequence[int], runtime: str | None, variant: str,
+                      threads: int | None) -> tuple[np.ndarray, dict[str, float] | None]:
+    """One pass of the encoder: the largest exported embedding, and top-1 accuracy per head."""
+    top = max(artifact.exported_dims)
+    heads = [d for d in dims if d in artifact.logit_dims] if data["y"] is not None else []
+    names = [f"embedding_{top}"] + [f"logits_{d}" for d in heads]
+    outputs = artifact.run(data["x"], names, runtime=runtime, variant=variant, threads=threads)
+    accuracy = None
+    if heads:
+        y = data["y"]
+        classes = {o["dim"]: o.get("classes") for o in artifact.manifest["outputs"] if o["kind"] == "logits"}
+        if y.size and classes.get(heads[0]) and (y.min() < 0 or y.max() >= classes[heads[0]]):
+            raise DataError(f"labels range {y.min()}..{y.max()} but the heads have {classes[heads[0]]} classes")
+        accuracy = {str(d): float(np.mean(outputs[f"logits_{d}"].argmax(axis=1) == y)) for d in heads}
+    return outputs[f"embedding_{top}"].astype(np.float32, copy=False), accuracy
 
 
 # --- everything ------------------------------------------------------------------------------
@@ -700,8 +722,9 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     _add_ratios(report)
     if data is not None:
         dataset = load_quality_data(data, artifact, limit=limit)
+        timed = [v for n, v in pairs if n == "ort-cpu"]
         report["quality"] = measure_quality(artifact, dataset, chosen_dims, runtime="ort-cpu", variant="fp32",
-                                            threads=threads, shortlist_size=shortlist_size, say=say)
+                                            threads=threads, shortlist_size=shortlist_size, variants=timed, say=say)
     artifact.close()
     return report
 

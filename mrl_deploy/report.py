@@ -190,6 +190,9 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     if quality:
         console.print(f"[dim]Quality on {quality['data']} ({quality['split']}, {quality['samples']} samples, "
                       f"{quality['runtime']} {quality['variant']}).[/dim]")
+        for variant, info in (quality.get("variants") or {}).items():
+            console.print(f"[dim]{variant} embeddings vs {quality['variant']}: min cosine {info['min_cosine']:.5f}, "
+                          f"mean {info['mean_cosine']:.5f}.[/dim]")
         if quality.get("retrieval_skipped"):
             console.print(f"[yellow]recall not measured:[/yellow] {quality['retrieval_skipped']}")
 
@@ -203,8 +206,10 @@ def dims_table(report: dict[str, Any]):
     k = (quality.get("retrieval") or {}).get("k", 10)
     table = Table(title="Cost and quality per dim", title_justify="left")
     columns = ["dim", "f32 B", "f16 B", "i8 B", "bin B", "head FLOPs", "exact search", "adaptive search", "saving"]
+    variants = {v: info["accuracy"] for v, info in (quality.get("variants") or {}).items() if info.get("accuracy")}
     if accuracy:
-        columns.append("accuracy")
+        columns.append(f"accuracy {quality.get('variant', '')}".strip())
+        columns += [f"accuracy {v}" for v in variants]
     if retrieval:
         columns += [f"recall@{k} trunc", f"recall@{k} adaptive"]
         if any("adaptive_hnsw" in r for r in retrieval.values()):
@@ -217,8 +222,9 @@ def dims_table(report: dict[str, Any]):
                  human_count(row["head_flops"]), human_count(flops["exact"]), human_count(flops["adaptive"]),
                  f"{flops['exact_full'] / flops['adaptive']:.1f}x"]
         if accuracy:
-            value = accuracy.get(str(row["dim"]))
-            cells.append(f"{100 * value:.2f}%" if value is not None else "-")
+            for values in (accuracy, *variants.values()):
+                value = values.get(str(row["dim"]))
+                cells.append(f"{100 * value:.2f}%" if value is not None else "-")
         if retrieval:
             r = retrieval.get(row["dim"], {})
             cells += [_pct(r.get("truncated")), _pct(r.get("adaptive"))]

@@ -211,7 +211,8 @@ def tiny_artifact(tmp_path_factory):
     from mrl_deploy.exporters.onnx import export
 
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    export("factories:tiny_mrl", dims=[8, 32], output=out, input_shape="20", nesting_dims=[4, 8, 16, 32])
+    export("factories:tiny_mrl", dims=[8, 32], output=out, input_shape="20", nesting_dims=[4, 8, 16, 32],
+           precision=("fp32", "fp16"))
     rng = np.random.default_rng(0)
     data = out.parent / "data.npz"
     np.savez(data, x=rng.standard_normal((300, 20)).astype(np.float32), y=rng.integers(0, 5, 300))
@@ -220,7 +221,7 @@ def tiny_artifact(tmp_path_factory):
 
 def test_bench_end_to_end_schema(tiny_artifact):
     artifact, data = tiny_artifact
-    report = bench.run_bench(artifact, runtimes="ort-cpu", batches=[1, 4], duration=0.05, threads=1, data=data,
+    report = bench.run_bench(artifact, runtimes="ort-cpu:fp32", batches=[1, 4], duration=0.05, threads=1, data=data,
                              corpus_size=10_000, shortlist_size=50)
     assert validate(report) == []
     # JSON round trip keeps it valid
@@ -245,6 +246,16 @@ def test_bench_end_to_end_schema(tiny_artifact):
     assert report["ratios"][0]["vs_ort_fp32"] == pytest.approx(1.0)
 
 
+def test_bench_variants_side_by_side_with_their_quality(tiny_artifact):
+    artifact, data = tiny_artifact
+    report = bench.run_bench(artifact, runtimes="ort-cpu", batches=[2], duration=0.02, data=data)
+    assert [r["variant"] for r in report["runtimes"]] == ["fp32", "fp16"]
+    fp16 = report["quality"]["variants"]["fp16"]
+    assert fp16["min_cosine"] > 0.999 and set(fp16["accuracy"]) == {"8", "32"}
+    assert abs(fp16["accuracy"]["32"] - report["quality"]["accuracy"]["32"]) <= 0.02
+    assert validate(report) == []
+
+
 def test_schema_catches_problems():
     assert validate({"schema": "other"}) != []
     broken = {"schema": "mrl-deploy-bench/1", "artifact": {}, "machine": {}, "settings": {}, "runtimes": [
@@ -260,7 +271,7 @@ def test_bench_cli_writes_json_and_plot(tiny_artifact, tmp_path):
     artifact, data = tiny_artifact
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     result = subprocess.run(
-        [sys.executable, "-m", "mrl_deploy.cli", "bench", str(artifact), "--runtime", "ort-cpu", "--batch", "1,2",
+        [sys.executable, "-m", "mrl_deploy.cli", "bench", str(artifact), "--runtime", "ort-cpu:fp32", "--batch", "1,2",
          "--duration", "0.05", "--threads", "1", "--data", str(data), "--json", str(json_path),
          "--plot", str(plot_path), "--dims", "8,32"],
         capture_output=True, text=True, timeout=120)
@@ -307,7 +318,7 @@ def test_cuda_event_timer():
 def test_bench_torch_beside_ort(tiny_artifact):
     pytest.importorskip("mrl_deploy.runtimes.torch_runtime", reason="the torch runtime is not in this checkout")
     artifact, _ = tiny_artifact
-    report = bench.run_bench(artifact, runtimes="ort-cpu,torch", batches=[1], duration=0.05, threads=1)
+    report = bench.run_bench(artifact, runtimes="ort-cpu:fp32,torch", batches=[1], duration=0.05, threads=1)
     assert validate(report) == [] and not report["skipped"]
     assert [(r["runtime"], r["variant"]) for r in report["runtimes"]] == [("ort-cpu", "fp32"), ("torch", "fp32")]
     assert report["runtimes"][1]["torch_threads"] == 1  # same thread count as ORT
