@@ -371,3 +371,37 @@ def test_text_adapter_trains_on_cached_embeddings_and_exports_the_whole_pipeline
     np.testing.assert_allclose(artifact.logits(texts, dim=8), logits[0].numpy(), atol=2e-3)
     reloaded = Artifact.load(tmp_path / "artifact")
     assert reloaded.manifest["source"]["kind"] == "mrl-deploy"
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+@needs_torch
+@pytest.mark.slow
+def test_demo_end_to_end_reusing_a_checkpoint(digits_checkpoint, tmp_path):
+    """The demo on the session's digits checkpoint (the same training the demo runs): tables,
+    JSON and PNG; a second run reuses the checkpoint and the artifact."""
+    import shutil
+
+    from rich.console import Console
+
+    from mrl_deploy.demo import run_demo
+
+    workdir = tmp_path / "demo"
+    shutil.copytree(digits_checkpoint[0], workdir / "checkpoint")
+    console = Console(stderr=True, width=120)
+    report = run_demo(workdir, console=console)
+    assert Path(report["plot"]).is_file() and Path(report["plot"]).stat().st_size > 10_000
+    assert json.loads(Path(report["json"]).read_text())["artifact"] == report["artifact"]
+    heads = {row["dim"]: row for row in report["classification"] if row["name"].startswith("head")}
+    assert sorted(heads) == [8, 16, 32, 64]
+    assert heads[8]["accuracy"] > 93 and heads[8]["bytes_per_vector"] == 32
+    assert all(row["latency_ms"] > 0 and row["flops"] > 0 for row in report["classification"])
+    cascades = [row for row in report["classification"] if row["name"].startswith("cascade")]
+    if cascades:  # mrl_deploy.cascade is there: honest cost counts every head passed
+        assert cascades[0]["honest_dims"] >= cascades[0]["dim"]
+    rows = {row["name"]: row for row in report["retrieval"]["rows"]}
+    assert rows["exact 64"]["recall_at_k"] == 1.0
+    assert rows["adaptive 8->64"]["recall_at_k"] > rows["exact 8"]["recall_at_k"]
+    assert rows["adaptive 8->64"]["flops_per_query"] < rows["exact 64"]["flops_per_query"]
+    again = run_demo(workdir, console=console)
+    assert again["seconds"]["train"] < 5 and again["seconds"]["export"] < 5
