@@ -311,7 +311,7 @@ def train(
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("mrl-demo"), "--workdir", "-w", help="Where the checkpoint, the artifact, demo.json and demo.png go (reused on the next run)."),
+    workdir: Path = typer.Option(Path("artifacts/demo"), "--workdir", "-w", help="Where the checkpoint, the artifact, demo.json and demo.png go (reused on the next run)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if WORKDIR holds a digits checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Training and split seed."),
     json_out: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),

@@ -1,6 +1,6 @@
 """`mrl-deploy demo`: the embedded default, offline, in about a minute on 2 cores.
 
-1. train an MRL model on scikit-learn's digits (or reuse the one in WORKDIR/checkpoint), with the
+1. train an MRL model on scikit-learn's digits (or reuse the one in WORKDIR/checkpoint (default artifacts/demo)), with the
    full-dim-only baseline beside it;
 2. export it with every granularity (8, 16, 32, 64: embedding_m and logits_m outputs) to
    WORKDIR/artifacts/digits, verified against PyTorch (reused while the checkpoint is unchanged);
@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-DEFAULT_WORKDIR = Path("mrl-demo")
+from .errors import MRLDeployError
+
+DEFAULT_WORKDIR = Path("artifacts/demo")
 K = 10                      # recall@10 and mAP@10
 SHORTLIST = 50              # ~4% of the 1258-vector corpus: a shortlist of 200 would be a sixth of it
 LATENCY_SAMPLES = 200       # single-sample runs per head for the batch-1 latency
@@ -169,8 +171,9 @@ def classification_table(rows: list[dict[str, Any]], artifact):
     from rich.table import Table
 
     table = Table(title=f"classification, digits test split ({artifact.runtime().device}; batch 1)")
-    for column in ("", "dims (honest)", "top-1 %", "ms/sample", "FLOPs", "bytes/vec"):
-        table.add_column(column, justify="left" if not column else "right", no_wrap=not column)
+    for column in ("", "dims (honest)", "top-1 %", "ms per sample", "FLOPs per sample", "bytes per vector"):
+        table.add_column(column, justify="left" if not column else "right", no_wrap=not column,
+                         min_width=max(len(word) for word in column.split()) if column else None)
     for row in rows:
         dims = f"{row['dim']:.1f} ({row['honest_dims']:.1f})" if row["name"].startswith("cascade") else str(row["dim"])
         table.add_row(row["name"], dims, f"{row['accuracy']:.2f}", f"{row['latency_ms']:.3f}",
@@ -187,6 +190,7 @@ def retrieval_rows(artifact, train_set, test_set) -> dict[str, Any]:
     queries = artifact.encode(test_set.x, dim=full)
     truth = _search(corpus, queries, full)[0]
     index_cls = _adaptive_index()
+    index_name = "AdaptiveIndex (usearch HNSW)" if index_cls else "numpy exhaustive (no mrl_deploy.retrieval)"
     rows = []
     for dim in artifact.exported_dims:
         ids, seconds = _best_of(lambda: _search(corpus, queries, dim))
@@ -195,15 +199,17 @@ def retrieval_rows(artifact, train_set, test_set) -> dict[str, Any]:
         if dim == full:
             continue
         if index_cls is not None:
-            index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
-            ids, seconds = _best_of(lambda: _timed(lambda: index.search(queries, k=K, shortlist_size=SHORTLIST)[0]))
-        else:
+            try:
+                index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
+                ids, seconds = _best_of(lambda: _timed(lambda: index.search(queries, k=K, shortlist_size=SHORTLIST)[0]))
+            except (TypeError, AttributeError, MRLDeployError) as exc:  # an AdaptiveIndex of another shape: say so
+                index_cls, index_name = None, f"numpy exhaustive (AdaptiveIndex failed: {str(exc)[:80]})"
+        if index_cls is None:
             ids, seconds = _best_of(lambda: _adaptive_numpy(corpus, queries, dim, full))
         rows.append(_retrieval_row(f"adaptive {dim}->{full}", dim, full, np.asarray(ids), seconds, truth,
                                    train_set.y, test_set.y, 2 * (len(corpus) * dim + SHORTLIST * full)))
     return {"k": K, "shortlist_size": SHORTLIST, "corpus": len(corpus), "queries": len(queries),
-            "reference": f"exact search at {full} dims", "index": "AdaptiveIndex (usearch HNSW)" if index_cls else
-            "numpy exhaustive (no mrl_deploy.retrieval)", "rows": rows}
+            "reference": f"exact search at {full} dims", "index": index_name, "rows": rows}
 
 
 def _timed(function) -> tuple[Any, float]:
@@ -268,12 +274,12 @@ def retrieval_table(retrieval: dict[str, Any]):
     table = Table(title=f"retrieval: {retrieval['queries']} test queries, {retrieval['corpus']} train vectors; "
                         f"recall@{retrieval['k']} vs {retrieval['reference']}; adaptive: shortlist "
                         f"{retrieval['shortlist_size']} ({retrieval['index']}), rerank at full dim")
-    for column in ("", "dims", f"recall@{retrieval['k']}", f"mAP@{retrieval['k']}", "ms/query", "FLOPs/query",
-                   "bytes/vec"):
-        table.add_column(column, justify="left" if not column else "right", no_wrap=not column)
+    for column in ("", f"recall@{retrieval['k']}", f"mAP@{retrieval['k']}", "ms per query", "FLOPs per query",
+                   "bytes per vector"):
+        table.add_column(column, justify="left" if not column else "right", no_wrap=not column,
+                         min_width=max(len(word) for word in column.split()) if column else None)
     for row in retrieval["rows"]:
-        dims = str(row["shortlist_dim"]) + (f"+{row['rerank_dim']}" if row["rerank_dim"] else "")
-        table.add_row(row["name"], dims, f"{row['recall_at_k']:.3f}", f"{row['map_at_k']:.3f}",
+        table.add_row(row["name"], f"{row['recall_at_k']:.3f}", f"{row['map_at_k']:.3f}",
                       f"{row['latency_ms_per_query']:.4f}", f"{row['flops_per_query']:,}", str(row["bytes_per_vector"]))
     return table
 

@@ -206,8 +206,15 @@ def probe_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_eval: np.ndarray,
                    dims: Sequence[int], num_classes: int, weight_decay: float = 1e-3) -> dict[int, float]:
     """A linear head trained per m on the frozen, re-normalised prefix z[:m] (standardised with
     the training statistics; full-batch L-BFGS, L2-regularised, deterministic)."""
-    return {m: _accuracy(_probe_logits(z_train[:, :m], y_train, z_eval[:, :m], num_classes, weight_decay), y_eval)
-            for m in dims}
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # small problems: see _deterministic
+    try:
+        return {m: _accuracy(_probe_logits(z_train[:, :m], y_train, z_eval[:, :m], num_classes, weight_decay), y_eval)
+                for m in dims}
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_classes: int,
