@@ -208,7 +208,8 @@ def build_engine(artifact_dir: str | os.PathLike, manifest: dict[str, Any], prec
     staged = _write_atomic(directory / f".{settings['file']}.staged", plan_bytes)
     try:
         say(f"built in {entry['build_seconds']:.1f} s; verifying against ONNX Runtime CPU")
-        entry["verification"] = verify_engine(directory, manifest, precision, dict(entry, file=staged.name))
+        entry["verification"], entry["device_memory_bytes"] = verify_engine(
+            directory, manifest, precision, dict(entry, file=staged.name))
         os.replace(staged, directory / settings["file"])
     finally:
         staged.unlink(missing_ok=True)
@@ -242,9 +243,11 @@ def _onnx_for(directory: Path, manifest: dict[str, Any], variant: str, tmp: Path
     return path
 
 
-def verify_engine(directory: Path, manifest: dict[str, Any], precision: str, entry: dict[str, Any]) -> dict[str, Any]:
+def verify_engine(directory: Path, manifest: dict[str, Any], precision: str,
+                  entry: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
     """Run the new engine and the fp32 ONNX graph (ORT CPU) on the same random batch; raise
-    VerificationError past the precision's bound (the exporter's bounds)."""
+    VerificationError past the precision's bound (the exporter's bounds). Returns the report and
+    the device memory an execution context of the engine needs (device_memory_size_v2)."""
     from ..artifact import Artifact
     from ..runtimes import create_runtime
     from ..runtimes.compare import check_output, compare_arrays, random_feed, tolerance_for
@@ -256,6 +259,7 @@ def verify_engine(directory: Path, manifest: dict[str, Any], precision: str, ent
         expected = reference.infer(feed)
     with create_runtime("tensorrt", artifact, variant=precision) as engine:
         actual = engine.infer(feed)
+        device_memory = engine.device_memory_bytes
     bounds = tolerance_for(precision)
     report, failures = {}, []
     for output in manifest["outputs"]:
@@ -265,7 +269,7 @@ def verify_engine(directory: Path, manifest: dict[str, Any], precision: str, ent
     if failures:
         raise VerificationError(f"the {precision} TensorRT engine does not match ONNX Runtime: {'; '.join(failures[:3])}")
     report["reference"] = "onnxruntime CPU, fp32 graph"
-    return report
+    return report, device_memory
 
 
 def add_engine(artifact: Any, precision: str = "fp32", max_batch: int = DEFAULT_MAX_BATCH,

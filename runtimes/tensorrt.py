@@ -233,6 +233,12 @@ class TensorrtRuntime(Runtime):
         return io
 
     @property
+    def device_memory_bytes(self) -> int | None:
+        """Device memory an execution context needs (activations, scratch), beside the weights."""
+        size = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT 10.x/11; _v1 is gone in 11
+        return int(size) if size is not None else None
+
+    @property
     def max_batch(self) -> int:
         return min(info["max"][0] for info in self._io.values() if info["input"])
 
