@@ -247,7 +247,11 @@ class TensorrtRuntime(Runtime):
         missing = [name for name in inputs if name not in feed]
         if missing:
             raise InputError(f"missing inputs {missing}; the engine takes {inputs}")
-        wanted = outputs or [name for name, info in self._io.items() if not info["input"]]
+        produced = [name for name, info in self._io.items() if not info["input"]]
+        wanted = outputs or produced
+        unknown = [name for name in wanted if name not in produced]
+        if unknown:
+            raise InputError(f"unknown outputs {unknown}; the engine gives {produced}")
         count = len(next(iter(feed.values())))
         step = self.max_batch  # batches above the optimization profile run in chunks
         parts = [self._run_chunk({n: np.asarray(feed[n])[s:s + step] for n in inputs}, wanted)
