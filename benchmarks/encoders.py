@@ -400,6 +400,77 @@ def plot(results, path):
     plt.close(fig)
 
 
+# --- README tables ---------------------------------------------------------------------------
+
+def _setting(row):
+    return f"{row['threads']} thr, batch {row['batch']}" + (f", {row['seq_len']} tok" if row.get("seq_len") else "")
+
+
+def headline_rows(results):
+    """Markdown rows for the README's headline table."""
+    rows = []
+    for target in results["targets"]:
+        if "int8" in target["target"] and "batch 1, 128 tokens" not in target["target"]:
+            continue  # one int8 row (batch 1, a typical passage) in the headline; the rest below
+        verdict = "met" if target["met"] else "**missed**"
+        ours = f"{target['value']:.2f}x p50 ({target['value_min']:.2f}x min)"
+        if "min_cosine" in target:
+            ours += f", min cosine {target['min_cosine']:.4f}"
+        what, _, setting = target["target"].rpartition(" (")
+        rows.append(f"| {what} | {setting.rstrip(')')} | {ours} | {'<= 0.7x' if '0.7x' in what else '< 1x at cosine >= 0.99'}"
+                    f" ({verdict}) | encoders.py |")
+    minilm = results["models"].get("minilm")
+    if minilm:
+        for row in minilm["ratios"]:
+            key = next((k for k in ("ort_int8_vs_torch", "ort_int8_unverified_vs_torch") if k in row), None)
+            if key and row["threads"] == 1 and row["batch"] == 1 and row.get("seq_len") == 128:
+                rows.append(f"| MiniLM ORT int8 vs torch eager fp32 | {_setting(row)} | {1 / row[key]:.1f}x faster |"
+                            " sentence-transformers: int8 ONNX 3.2x faster than torch fp32 | encoders.py |")
+    return rows
+
+
+def detail_table(results):
+    lines = ["| model | setting | torch eager ms | ORT fp32 ms | fp16 ms | int8 ms | ORT fp32 / torch | int8 / ORT fp32 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, model in results["models"].items():
+        p50 = {(r["runtime"], r["threads"], r["batch"], r.get("seq_len")): r["latency"]["p50_ms"] for r in model["rows"]}
+        for row in model["ratios"]:
+            key = (row["threads"], row["batch"], row.get("seq_len"))
+
+            def cell(label):
+                value = p50.get((label, *key)) or p50.get((f"{label} (unverified)", *key))
+                return f"{value:.2f}" if value is not None else "-"
+
+            int8 = row.get("ort_int8_vs_ort_fp32") or row.get("ort_int8_unverified_vs_ort_fp32")
+            lines.append(f"| {name} | {_setting(row)} | {cell('torch-eager fp32')} | {cell('ort-cpu fp32')} | "
+                         f"{cell('ort-cpu fp16')} | {cell('ort-cpu int8')} | {row['ort_fp32_vs_torch']:.2f}x | "
+                         + (f"{int8:.2f}x |" if int8 else "- |"))
+    lines += ["", "| model | variant | min cosine vs torch fp32 | top-1 agreement (worst head) | verified at export | file |",
+              "| --- | --- | ---: | ---: | --- | ---: |"]
+    for name, model in results["models"].items():
+        for variant, quality in model["quality"].items():
+            top1 = [o["top1_agreement"] for o in quality["outputs"].values() if "top1_agreement" in o]
+            lines.append(f"| {name} | {variant.replace(' (unverified)', '')} | {quality['min_cosine']:.5f} | "
+                         + (f"{min(top1):.3f}" if top1 else "-") + " | "
+                         + ("no: " + model["variant_failures"][variant.split()[0]]["error"].split(": ", 1)[-1]
+                            if "unverified" in variant else "yes")
+                         + f" | {model['model_bytes'][variant] / 2**20:.1f} MiB |")
+    return lines
+
+
+def update_readme(results, path=ROOT / "README.md"):
+    """Replace the encoders blocks of benchmarks/README.md (between their marker comments)."""
+    text = path.read_text()
+    blocks = {"encoders:headline": "\n".join(headline_rows(results)),
+              "encoders:detail": "\n".join(detail_table(results))}
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+    path.write_text(text)
+
+
 # --- main ------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -412,6 +483,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--seq-lens", default=",".join(map(str, TEXT_SEQ_LENS)), help="text models: tokens per input")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the encoders tables of benchmarks/README.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -455,6 +527,9 @@ def main(argv=None):
         print(("MET   " if target["met"] else "MISSED") + f" {target['target']}: {target['value']:.2f}x p50"
               f" ({target['value_min']:.2f}x min){cosine}")
     print(f"wrote {out / 'encoders.json'}" + (f" and {out / 'encoders.png'}" if results["models"] else ""))
+    if args.update_readme:
+        update_readme(results)
+        print(f"updated {ROOT / 'README.md'}")
 
 
 if __name__ == "__main__":
