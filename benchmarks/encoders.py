@@ -272,6 +272,12 @@ def bench_model(name, threads_list, batches, duration, rounds, say, seq_lens=TEX
                 for runtime, seconds in samples.items():
                     rows.append({"runtime": runtime, "threads": threads, "batch": batch, "seq_len": seq_len,
                                  "latency": latency_stats(seconds), "throughput_items_s": throughput(batch, seconds)})
+    flops = (artifact.manifest.get("flops") or {})
+    for row in rows:  # how close each runtime gets to the machine's GEMM speed (see sgemm_roofline)
+        counted_at = flops.get("sequence_length")
+        if flops.get("encoder") and (counted_at is None or row["seq_len"] == counted_at):
+            row["achieved_gflops"] = flops["encoder"] * row["batch"] / (row["latency"]["p50_ms"] * 1e6)
+            row["achieved_gflops_min"] = flops["encoder"] * row["batch"] / (row["latency"]["min_ms"] * 1e6)
     say(f"{name}: variant quality against torch fp32")
     quality = variant_quality(artifact, module, quality_inputs(name, artifact), models)
     shapes = {k: list(v.shape) for k, v in bench_feed(artifact, 1, seq_len=max(lengths, key=lambda n: n or 0) or 0).items()}
@@ -400,6 +406,23 @@ def plot(results, path):
     plt.close(fig)
 
 
+def sgemm_roofline(threads_list):
+    """fp32 matrix-product speed of this machine (torch.mm, MiniLM's FFN shape 128x384 @ 384x1536),
+    per thread count: the ceiling for any runtime on GEMM-bound encoders."""
+    import torch
+
+    from mrl_deploy.bench import time_calls
+
+    a, b = torch.randn(128, 384), torch.randn(384, 1536)
+    out = {}
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        seconds = time_calls(lambda: torch.mm(a, b), 0.5, warmup=0.1)
+        out[str(threads)] = {"gflops_p50": 2 * 128 * 384 * 1536 / float(np.median(seconds)) / 1e9,
+                             "gflops_best": 2 * 128 * 384 * 1536 / float(np.min(seconds)) / 1e9}
+    return out
+
+
 # --- README tables ---------------------------------------------------------------------------
 
 def _setting(row):
@@ -506,6 +529,7 @@ def main(argv=None):
         except ImportError as exc:  # a model whose loader is not part of this checkout yet
             results["skipped"][name] = f"{type(exc).__name__}: {exc}"
             say(f"{name}: skipped ({exc})")
+    results["sgemm_roofline"] = sgemm_roofline(threads_list)
     results["targets"] = targets(results["models"])
     results["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
