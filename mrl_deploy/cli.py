@@ -244,15 +244,17 @@ def compare(
         ref = report["reference"]
         table = Table(title=f"{report['inputs']['samples']} {report['inputs']['source']} samples, against "
                             f"{ref['runtime']}:{ref['variant']}", box=box.SIMPLE_HEAD)
-        for i, column in enumerate(("runtime", "output", "max |d|", "mean |d|", "min cosine", "top-1", "ok")):
-            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True)
+        has_logits = any(o["kind"] == "logits" for o in artifact.manifest["outputs"])
+        columns = ["runtime", "output", "max |d|", "mean |d|", "min cosine"] + (["top-1"] if has_logits else []) + ["ok"]
+        for i, column in enumerate(columns):
+            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True, min_width=3)
         for run in report["runs"][1:]:
             for name, stats in run["outputs"].items():
                 top1 = stats.get("top1_agreement")
-                table.add_row(f"{run['runtime']}:{run['variant']}", name, f"{stats['max_abs_diff']:.2e}",
-                              f"{stats['mean_abs_diff']:.2e}", f"{stats['min_cosine']:.8f}",
-                              "" if top1 is None else f"{top1:.3f}",
-                              "[green]yes[/green]" if stats["passed"] else "[red]NO[/red]")
+                cells = [f"{run['runtime']}:{run['variant']}", name, f"{stats['max_abs_diff']:.2e}",
+                         f"{stats['mean_abs_diff']:.2e}", f"{stats['min_cosine']:.8f}"]
+                cells += (["" if top1 is None else f"{top1:.3f}"] if has_logits else [])
+                table.add_row(*cells, "[green]yes[/green]" if stats["passed"] else "[red]NO[/red]")
         console.print(table)
         for run in report["runs"]:
             console.print(f"  {run['runtime']}:{run['variant']} ran on {run['device']}", highlight=False)
