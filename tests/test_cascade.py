@@ -372,3 +372,9 @@ def test_artifact_without_heads_is_a_one_line_error(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "no classifier heads" in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cascade_path_imports_no_torch():
+    code = "import sys, mrl_deploy.cascade, mrl_deploy.artifact; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
