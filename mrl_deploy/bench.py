@@ -558,7 +558,9 @@ def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECAL
         rerank = np.einsum("qd,qkd->qk", q_f, c_f[shortlist])
         row["adaptive"] = _recall(np.take_along_axis(shortlist, _top_k(rerank, k), axis=1), truth)
         if index_cls is not None:
-            row["adaptive_hnsw"] = _hnsw_recall(index_cls, corpus, query, dim, full, k, shortlist_size, truth)
+            row["adaptive_hnsw"], error = _hnsw_recall(index_cls, corpus, query, dim, full, k, shortlist_size, truth)
+            if error:
+                row["adaptive_hnsw_error"] = error
         rows.append(row)
     return {"k": k, "shortlist_size": shortlist_size, "rerank_dim": full, "queries": n_queries,
             "corpus": len(corpus), "reference": f"exact search at {full} dims", "per_dim": rows,
@@ -585,13 +587,14 @@ def _adaptive_index():
     return AdaptiveIndex
 
 
-def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, truth) -> float | None:
+def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, truth) -> tuple[float | None, str | None]:
+    """(recall, None) or (None, why): a failing index is reported in the JSON, not fatal to the bench."""
     try:
         index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
         ids, _ = index.search(query, k=k, shortlist_size=shortlist_size)
-    except MRLDeployError:
-        return None
-    return _recall(np.asarray(ids), truth)
+    except Exception as exc:  # noqa: BLE001 - another module's failure must not lose the timings
+        return None, f"{type(exc).__name__}: {exc}"
+    return _recall(np.asarray(ids), truth), None
 
 
 def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *, runtime: str | None,

@@ -335,3 +335,38 @@ def test_bench_without_torch_runtime_is_skipped_by_default(tiny_artifact, monkey
     assert report["skipped"][0]["runtime"] == "torch" and "no_such_module" in report["skipped"][0]["reason"]
     with pytest.raises(RuntimeUnavailableError, match="no_such_module"):
         bench.run_bench(artifact, runtimes="torch", batches=[1], duration=0.02)
+
+
+def test_retrieval_recall_with_an_index_class():
+    """The HNSW column uses AdaptiveIndex's API (build/search); a failing index is reported, not fatal."""
+    class ExactIndex:  # stands in for AdaptiveIndex: exhaustive shortlist at Ds, rerank at Dr
+        @classmethod
+        def build(cls, vectors, shortlist_dim, rerank_dim, dtype):
+            index = cls()
+            index.vectors, index.shortlist_dim, index.rerank_dim = vectors, shortlist_dim, rerank_dim
+            return index
+
+        def search(self, queries, k, shortlist_size):
+            from mrl_deploy.artifact import renormalize
+
+            s = self.shortlist_dim
+            short = bench._top_k(renormalize(queries[:, :s]) @ renormalize(self.vectors[:, :s]).T, shortlist_size)
+            full = np.einsum("qd,qkd->qk", renormalize(queries), renormalize(self.vectors)[short])
+            order = bench._top_k(full, k)
+            return np.take_along_axis(short, order, axis=1), np.take_along_axis(full, order, axis=1)
+
+    class BrokenIndex:
+        @classmethod
+        def build(cls, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    rng = np.random.default_rng(1)
+    vectors = (rng.standard_normal((400, 16)) * np.linspace(2, 0.3, 16)).astype(np.float32)
+    import unittest.mock as mock
+
+    with mock.patch.object(bench, "_adaptive_index", return_value=ExactIndex):
+        rows = bench.retrieval_recall(vectors, [4, 16], k=5, shortlist_size=40)["per_dim"]
+    assert all(r["adaptive_hnsw"] == pytest.approx(r["adaptive"]) for r in rows)
+    with mock.patch.object(bench, "_adaptive_index", return_value=BrokenIndex):
+        rows = bench.retrieval_recall(vectors, [4], k=5, shortlist_size=40)["per_dim"]
+    assert rows[0]["adaptive_hnsw"] is None and "boom" in rows[0]["adaptive_hnsw_error"]
