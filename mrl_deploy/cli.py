@@ -479,6 +479,241 @@ def _print_classify_report(report: dict) -> None:
 
 # --- adaptive retrieval: index, search, tune ------------------------------------------------
 # (retrieval commands)
+def _load_vectors(path: Path, what: str):
+    import numpy as np
+
+    if path.suffix != ".npy" or not path.is_file():
+        raise MRLDeployError(f"{what} must be an existing .npy file, got {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise MRLDeployError(f"cannot read {path}: {exc}") from None
+
+
+def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_size: int):
+    """Embed an INPUTS file with an artifact in chunks, with a progress bar; returns (vectors, artifact path)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .artifact import Artifact, load_inputs
+    from .retrieval import encode_inputs
+    from .runtimes import resolve_runtime
+
+    artifact = Artifact.load(artifact_dir)
+    data = load_inputs(inputs, artifact)
+    runtime = resolve_runtime(runtime, artifact)
+    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("embed", total=None)
+        vectors = encode_inputs(artifact, data, dim, chunk=max(batch_size, 1024), runtime=runtime,
+                                batch_size=batch_size, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return vectors, artifact.path.resolve()
+
+
+@app.command("index")
+def index_command(
+    artifact_dir: Optional[Path] = typer.Argument(None, help="An artifact to embed INPUTS with (leave out with --vectors)."),
+    inputs: Optional[Path] = typer.Argument(None, help="Inputs for the artifact: .npy/.npz for tensor models, .txt (one text per line) for text models."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Precomputed N x d float32 vectors in MRL order (.npy) instead of DIR INPUTS."),
+    output: Path = typer.Option(..., "--output", "-o", help="Index directory to write (an existing index there is replaced only once the new one is complete)."),
+    shortlist_dim: Optional[int] = typer.Option(None, "--shortlist-dim", help="Ds: dims of the HNSW shortlist index (default: min(64, Dr/4), at least 8)."),
+    rerank_dim: Optional[int] = typer.Option(None, "--rerank-dim", help="Dr: dims of the rerank store (default: the vectors' full dim)."),
+    dtype: str = typer.Option("f16", "--dtype", help="Shortlist index dtype: f32, f16, i8 (loses recall at high Ds) or b1 (sign bits, Hamming distance)."),
+    rerank_dtype: str = typer.Option("f16", "--rerank-dtype", help="Rerank store dtype (memory-mapped from disk): f16 or f32."),
+    keys: Optional[Path] = typer.Option(None, "--keys", help="One non-negative int64 id per vector (.npy); default 0..N-1 (with --append: after the largest id)."),
+    connectivity: int = typer.Option(16, "--connectivity", help="HNSW M, edges per node: more gives better recall and a bigger index."),
+    expansion_add: int = typer.Option(128, "--expansion-add", help="HNSW build width: more gives a better graph and a slower build."),
+    expansion_search: int = typer.Option(64, "--expansion-search", help="Default HNSW search width (a larger shortlist size widens it)."),
+    shortlist_size: int = typer.Option(200, "--shortlist-size", help="Default shortlist size k' of `search` (`tune --save` can change it)."),
+    append: bool = typer.Option(False, "--append", help="Add the vectors to the existing index at --output (its settings stay; the other index options are ignored)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding DIR INPUTS: torch, ort-cpu, ... (default: the best available)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call when embedding."),
+    json_out: bool = typer.Option(False, "--json", help="Print the index summary (sizes, bytes, build time) as JSON."),
+) -> None:
+    """Build an adaptive retrieval index: a usearch HNSW shortlist over the first Ds dims and a memory-mapped rerank store of the first Dr dims.
+
+    Example: mrl-deploy index --vectors corpus.npy -o corpus.index --shortlist-dim 64
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .retrieval import AdaptiveIndex
+
+    if (vectors is None) == (artifact_dir is None and inputs is None):
+        raise MRLDeployError("give --vectors FILE.npy, or an artifact DIR and its INPUTS (not both)")
+    source = None
+    if vectors is not None:
+        data = _load_vectors(vectors, "--vectors")
+    else:
+        if artifact_dir is None or inputs is None:
+            raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
+        data, artifact_path = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
+        source = {"artifact": str(artifact_path), "inputs": str(inputs)}
+    ids = _load_vectors(keys, "--keys") if keys is not None else None
+    started = time.perf_counter()
+    columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("index", total=len(data))
+        report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+        if append:
+            index = AdaptiveIndex.load(output, view=False)
+            index.add(data, ids, progress=report)
+        else:
+            index = AdaptiveIndex.build(data, shortlist_dim=shortlist_dim, rerank_dim=rerank_dim, dtype=dtype,
+                                        rerank_dtype=rerank_dtype, keys=ids, connectivity=connectivity,
+                                        expansion_add=expansion_add, expansion_search=expansion_search,
+                                        shortlist_size=shortlist_size, progress=report)
+            if source:
+                index.settings["source"] = source
+    seconds = time.perf_counter() - started
+    index.save(output)
+    summary = {"index": str(output), "count": len(index), "added": len(data), "full_dim": index.full_dim,
+               "shortlist_dim": index.shortlist_dim, "rerank_dim": index.rerank_dim, "dtype": index.dtype,
+               "rerank_dtype": index.rerank_dtype, "shortlist_bytes": index.shortlist_bytes,
+               "rerank_bytes": index.rerank_bytes, "seconds": seconds, "vectors_per_second": len(data) / seconds}
+    if json_out:
+        emit_json(summary)
+        return
+    console.print(f"[green]wrote[/green] {output}: {len(index):,} vectors, shortlist {index.shortlist_dim}-d {index.dtype} "
+                  f"({index.shortlist_bytes / 2**20:.1f} MiB in RAM), rerank {index.rerank_dim}-d {index.rerank_dtype} "
+                  f"({index.rerank_bytes / 2**20:.1f} MiB memory-mapped), {seconds:.1f} s", highlight=False)
+
+
+@app.command()
+def search(
+    index_dir: Path = typer.Argument(..., help="An index directory written by `mrl-deploy index`."),
+    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="Query vectors (.npy, Q x d, from the same model as the index)."),
+    texts: Optional[Path] = typer.Option(None, "--texts", "--inputs", help="Raw queries embedded with the artifact: .txt (one per line) or .npy/.npz model inputs."),
+    artifact_dir: Optional[Path] = typer.Option(None, "--artifact", help="Artifact that embeds --texts (default: the one the index was built with)."),
+    k: int = typer.Option(10, "-k", "--k", help="Results per query."),
+    shortlist: Optional[int] = typer.Option(None, "--shortlist", help="Shortlist size k' from the HNSW stage (default: the index's tuned default)."),
+    funnel: Optional[str] = typer.Option(None, "--funnel", help="Stages DIM:SIZE,... e.g. 16:800,64:200,768:10: the first is the HNSW shortlist (the index's Ds), each next one reranks at DIM and keeps SIZE."),
+    exact: bool = typer.Option(False, "--exact", help="Brute-force search at the rerank dim (the ground truth; slow on large corpora)."),
+    expansion_search: Optional[int] = typer.Option(None, "--expansion-search", help="HNSW search width (default: the index's; a larger shortlist widens it)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write ids, scores and timing to this .npz."),
+    show: int = typer.Option(5, "--show", help="Queries shown in the table (without --json)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding --texts (default: the best available)."),
+    json_out: bool = typer.Option(False, "--json", help="Print ids, scores, seconds and QPS as JSON."),
+) -> None:
+    """Search an index: HNSW shortlist at Ds, rerank at Dr (or a --funnel, or --exact).
+
+    Example: mrl-deploy search corpus.index --queries q.npy -k 10 --funnel 16:800,64:200,768:10
+    """
+    import time
+
+    import numpy as np
+
+    from .retrieval import AdaptiveIndex
+
+    if (queries is None) == (texts is None):
+        raise MRLDeployError("give --queries FILE.npy or --texts FILE (embedded with the artifact), exactly one")
+    index = AdaptiveIndex.load(index_dir, view=True)
+    if queries is not None:
+        vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
+    else:
+        source = artifact_dir or (index.settings.get("source") or {}).get("artifact")
+        if source is None:
+            raise MRLDeployError(f"{index_dir} was built from vectors: give --artifact DIR to embed --texts")
+        vectors, _ = _embed_with_progress(Path(source), texts, index.full_dim, runtime, 64)
+    started = time.perf_counter()
+    ids, scores = index.search(vectors, k, shortlist_size=shortlist, funnel=funnel, exact=exact,
+                               expansion_search=expansion_search)
+    seconds = time.perf_counter() - started
+    mode = "exact" if exact else (funnel or f"{index.shortlist_dim}:{shortlist or index.defaults['shortlist_size']},{index.rerank_dim}:{k}")
+    result = {"queries": len(ids), "k": k, "mode": mode, "seconds": seconds, "qps": len(ids) / seconds,
+              "ids": ids, "scores": scores}
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp.npz")
+        np.savez(tmp, ids=ids, scores=scores, seconds=seconds)
+        tmp.replace(output)
+    if json_out:
+        emit_json(result)
+        return
+    _print_search(result, show)
+    if output is not None:
+        console.print(f"[green]wrote[/green] {output}", highlight=False)
+
+
+def _print_search(result: dict, show: int) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['queries']} queries, top {result['k']} ({result['mode']}): "
+                        f"{result['seconds'] * 1000:.1f} ms, {result['qps']:,.0f} queries/s")
+    table.add_column("query", justify="right")
+    table.add_column("ids (score)")
+    for i in range(min(show, result["queries"])):
+        cells = [f"{int(d)} ({s:.3f})" for d, s in zip(result["ids"][i], result["scores"][i]) if d >= 0]
+        table.add_row(str(i), ", ".join(cells))
+    console.print(table)
+
+
+@app.command()
+def tune(
+    index_dir: Path = typer.Argument(..., help="An index directory written by `mrl-deploy index`."),
+    queries: Path = typer.Option(..., "--queries", "-q", help="Representative query vectors (.npy, Q x d); a few hundred to a few thousand."),
+    k: int = typer.Option(10, "-k", "--k", help="Results per query (recall@k is measured)."),
+    recall: float = typer.Option(0.95, "--recall", help="Target recall@k against exact search at the rerank dim."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Shortlist dims Ds to sweep, e.g. 32,64,128 (default: Ds/2, Ds, 2Ds; each other Ds builds a shortlist index)."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Shortlist dtypes to sweep, e.g. f16,i8,b1 (default: the index's)."),
+    shortlists: Optional[str] = typer.Option(None, "--shortlists", help="Shortlist sizes to sweep (default: 5k, 10k, 20k, 40k)."),
+    expansions: Optional[str] = typer.Option(None, "--expansions", help="HNSW search widths to sweep (default: 64,128,256,512; widths below a shortlist size act as that size)."),
+    repeats: int = typer.Option(2, "--repeats", help="Timed runs per setting (the best is kept)."),
+    save: bool = typer.Option(False, "--save", help="Make the recommended setting the index's default (rebuilding its shortlist index if Ds or dtype change)."),
+    json_out: bool = typer.Option(False, "--json", help="Print every measured point, the Pareto frontier and the recommendation as JSON."),
+) -> None:
+    """Sweep Ds, shortlist size, HNSW search width and dtype against exact ground truth; print the Pareto frontier of recall@k vs QPS vs bytes per vector and recommend the fastest setting that meets --recall.
+
+    Example: mrl-deploy tune corpus.index --queries q.npy --recall 0.95 --save
+    """
+    import numpy as np
+
+    from .dims import parse_dims
+    from .retrieval import AdaptiveIndex, apply_recommendation, tune as run_tune
+
+    index = AdaptiveIndex.load(index_dir, view=not save)
+    vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
+    numbers = lambda text: parse_dims(text) if text else None  # noqa: E731
+    with console.status("tuning...") as status:
+        tuned = run_tune(index, vectors, k=k, recall=recall, dims=numbers(dims), dtypes=parse_csv(dtypes) or None,
+                         shortlist_sizes=numbers(shortlists), expansions=numbers(expansions), repeats=repeats,
+                         say=lambda message: status.update(message))
+    report = tuned["report"]
+    if save:
+        with console.status("saving the recommended setting..."):
+            apply_recommendation(index, tuned, index_dir)
+        report["saved"] = True
+    if json_out:
+        emit_json(report)
+        return
+    _print_tune(report, index_dir if save else None)
+
+
+def _print_tune(report: dict, saved_to) -> None:
+    from rich.table import Table
+
+    best = report["recommended"]
+    table = Table(title=f"Pareto frontier: recall@{report['k']} vs QPS vs bytes ({report['queries']} queries, "
+                        f"{report['corpus']:,} vectors; exact search: {report['exact_qps']:,.0f} QPS)")
+    for column in ("Ds", "dtype", "shortlist", "HNSW width", f"recall@{report['k']}", "QPS", "x exact", "bytes/vector", ""):
+        table.add_column(column, justify="right")
+    for p in report["pareto"]:
+        mark = "[green]recommended[/green]" if p is best or p == best else ""
+        table.add_row(str(p["shortlist_dim"]), p["dtype"], str(p["shortlist_size"]), str(p["expansion_search"]),
+                      f"{p['recall']:.4f}", f"{p['qps']:,.0f}", f"{p['qps'] / report['exact_qps']:.1f}",
+                      f"{p['bytes_per_vector']:.0f}", mark)
+    console.print(table)
+    console.print(f"rerank store: {report['rerank_bytes_per_vector']:.0f} bytes/vector at {report['rerank_dim']} dims "
+                  "(memory-mapped)", highlight=False)
+    if best is None:
+        console.print(f"[yellow]no setting reached recall@{report['k']} >= {report['target_recall']}[/yellow]: "
+                      "sweep larger --shortlists or --dims")
+    else:
+        console.print(f"recommended: Ds={best['shortlist_dim']} {best['dtype']}, shortlist {best['shortlist_size']}, "
+                      f"HNSW width {best['expansion_search']}: recall@{report['k']} {best['recall']:.4f} at "
+                      f"{best['qps']:,.0f} QPS" + (f"; [green]saved[/green] as the default of {saved_to}" if saved_to else
+                                                 " (--save makes it the index default)"), highlight=False)
+
 
 # --- benchmarks: bench ----------------------------------------------------------------------
 # (bench commands)

@@ -1,0 +1,354 @@
+"""AdaptiveIndex (mrl_deploy.retrieval), the retrieval metrics, and the index / search / tune commands."""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+from mrl_deploy.errors import ArtifactError, InputError
+from mrl_deploy.metrics import average_precision_at_k, map_at_k, precision_at_k, recall_at_k
+from mrl_deploy.retrieval import AdaptiveIndex, exact_search, parse_funnel, prefix
+
+pytest.importorskip("usearch")
+
+CLI = [sys.executable, "-m", "mrl_deploy.cli"]
+K = 10
+
+
+def mrl_like(count, dim=64, clusters=20, seed=0, stream=0):
+    """Clustered vectors whose variance decays with the dim index (an MRL embedding's shape)."""
+    scale = (1.0 + np.arange(dim)) ** -0.35
+    centres = np.random.default_rng(seed).standard_normal((clusters, dim)) * scale
+    rng = np.random.default_rng([seed, stream + 1])
+    x = centres[rng.integers(0, clusters, count)] + 0.6 * rng.standard_normal((count, dim)) * scale
+    return x.astype(np.float32)
+
+
+def numpy_top_k(corpus, queries, k, dim=None):
+    dim = dim or corpus.shape[1]
+    scores = prefix(queries, dim) @ prefix(corpus, dim).T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k], np.sort(scores, axis=1)[:, ::-1][:, :k]
+
+
+@pytest.fixture(scope="module")
+def data():
+    corpus, queries = mrl_like(2000), mrl_like(100, stream=1)
+    return {"corpus": corpus, "queries": queries, "truth": numpy_top_k(corpus, queries, K)[0]}
+
+
+@pytest.fixture(scope="module")
+def index(data):
+    return AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="f16")
+
+
+# --- search quality ---------------------------------------------------------------------------------
+
+def test_funnel_recall_against_brute_force(data, index):
+    truncated = numpy_top_k(data["corpus"], data["queries"], K, dim=16)[0]
+    ids, scores = index.search(data["queries"], k=K, shortlist_size=100)
+    assert ids.shape == scores.shape == (100, K) and ids.dtype == np.int64
+    assert recall_at_k(ids, data["truth"]) >= 0.95
+    # the rerank is what buys the recall: the 16-d prefix alone finds much less
+    assert recall_at_k(truncated, data["truth"]) < 0.8
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    three, _ = index.search(data["queries"], k=K, funnel=[(16, 400), (32, 100), (64, 10)])
+    assert recall_at_k(three, data["truth"]) >= 0.95
+    same, _ = index.funnel(data["queries"], "16:400,32:100,64:10")
+    np.testing.assert_array_equal(same, three)
+
+
+@pytest.mark.parametrize("dtype, shortlist_dim, size, floor", [("f32", 16, 100, 0.95), ("i8", 16, 100, 0.95),
+                                                               ("b1", 64, 400, 0.9)])
+def test_shortlist_dtypes(data, dtype, shortlist_dim, size, floor):
+    index = AdaptiveIndex.build(data["corpus"], shortlist_dim=shortlist_dim, dtype=dtype, connectivity=8)
+    ids, _ = index.search(data["queries"], k=K, shortlist_size=size)
+    assert recall_at_k(ids, data["truth"]) >= floor
+    assert index.shortlist_bytes < 4 * 64 * len(index)  # smaller than an f32 flat index at the full dim
+
+
+def test_scores_are_cosines_of_the_renormalised_prefixes(data, index):
+    ids, scores = index.search(data["queries"][:5], k=K)
+    full = prefix(data["queries"][:5], 64) @ prefix(data["corpus"], 64).T
+    expected = np.take_along_axis(full, ids, axis=1)
+    np.testing.assert_allclose(scores, expected, atol=2e-3)  # f16 store
+
+
+def test_exact_mode_equals_numpy(data):
+    index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, rerank_dtype="f32")
+    truth, truth_scores = numpy_top_k(data["corpus"], data["queries"], K)
+    ids, scores = index.search(data["queries"], k=K, exact=True)
+    np.testing.assert_array_equal(ids, truth)
+    np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
+    rows, _ = exact_search(data["corpus"], data["queries"], K, chunk_rows=300, query_block=7)  # merging chunks
+    np.testing.assert_array_equal(rows, truth)
+
+
+def test_user_keys_and_adding(data, tmp_path):
+    keys = np.arange(len(data["corpus"]), dtype=np.int64) * 7 + 10**12
+    index = AdaptiveIndex.build(data["corpus"][:1500], shortlist_dim=16, keys=keys[:1500])
+    added = index.add(data["corpus"][1500:], keys[1500:])
+    np.testing.assert_array_equal(added, keys[1500:])
+    ids, _ = index.search(data["queries"], k=K)
+    assert recall_at_k(ids, keys[data["truth"]]) >= 0.95
+    assert index.add(data["queries"][:2]).tolist() == [keys[-1] + 1, keys[-1] + 2]  # next ids by default
+    with pytest.raises(InputError, match="already in the index"):
+        index.add(data["queries"][:1], keys[:1])
+    with pytest.raises(InputError, match="non-negative"):
+        AdaptiveIndex.build(data["corpus"][:20], shortlist_dim=16, keys=-np.arange(1, 21))
+
+
+# --- saving and loading -------------------------------------------------------------------------------
+
+def test_save_load_and_view_round_trip(data, index, tmp_path):
+    path = index.save(tmp_path / "index")
+    assert sorted(p.name for p in path.iterdir()) == ["index.json", "keys.npy", "rerank.npy", "shortlist.usearch"]
+    settings = json.loads((path / "index.json").read_text())
+    assert settings["shortlist_dim"] == 16 and settings["rerank_dtype"] == "f16" and settings["count"] == 2000
+    expected = index.search(data["queries"], k=K)
+    view = AdaptiveIndex.load(path, view=True)
+    assert isinstance(view._store, np.memmap)  # the rerank store is read from disk
+    for loaded in (view, AdaptiveIndex.load(path, view=False)):
+        ids, scores = loaded.search(data["queries"], k=K)
+        np.testing.assert_array_equal(ids, expected[0])
+        np.testing.assert_allclose(scores, expected[1])
+    with pytest.raises(InputError, match="view=True"):
+        view.add(data["queries"])
+    writable = AdaptiveIndex.load(path, view=False)
+    writable.add(data["queries"][:50])
+    writable.save(path)  # over the index it was memory-mapped from
+    again = AdaptiveIndex.load(path)
+    assert len(again) == 2050
+    ids, _ = again.search(data["queries"][:5], k=1)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(2000, 2005))  # each query finds itself
+    view.save(tmp_path / "copy")  # a view saves too (store and keys hard-linked from its files)
+    assert len(AdaptiveIndex.load(tmp_path / "copy")) == 2000
+
+
+def test_interrupted_save_leaves_the_previous_index(data, index, tmp_path, monkeypatch):
+    import mrl_deploy.retrieval as retrieval
+
+    path = index.save(tmp_path / "index")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    other = AdaptiveIndex.build(data["corpus"][:500], shortlist_dim=32)
+
+    def fail(target, array):
+        target.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(retrieval, "_save_npy", fail)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no staging directory left behind
+    assert len(AdaptiveIndex.load(path)) == 2000
+
+
+def test_damaged_or_foreign_directories(index, tmp_path):
+    with pytest.raises(ArtifactError, match="not an mrl-deploy index"):
+        AdaptiveIndex.load(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        index.save(tmp_path)
+    path = index.save(tmp_path / "index")
+    with open(path / "rerank.npy", "r+b") as handle:
+        handle.truncate(1000)
+    with pytest.raises(ArtifactError, match="truncated"):
+        AdaptiveIndex.load(path)
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda ix, q: ix.search(q[:, :32]), "queries have 32 dims; this index takes 64"),
+    (lambda ix, q: ix.search(q, k=2001), "larger than the corpus"),
+    (lambda ix, q: ix.search(q[:0]), "no queries given"),
+    (lambda ix, q: ix.search(np.where(np.arange(64) == 3, np.nan, q)), "NaN"),
+    (lambda ix, q: ix.search(q, k=0), "positive integer"),
+    (lambda ix, q: ix.search(q, shortlist_size=5), "smaller than k"),
+    (lambda ix, q: ix.search(q, funnel=[(32, 100), (64, 10)]), "shortlist dim 16"),
+    (lambda ix, q: ix.search(q, funnel=[(16, 100), (8, 50), (64, 10)]), "must increase"),
+    (lambda ix, q: ix.search(q, funnel=[(16, 100), (64, 5)]), "fewer than k"),
+    (lambda ix, q: ix.search(q, shortlist_size=100, funnel="16:100,64:10"), "not both"),
+    (lambda ix, q: ix.search(q, funnel="16-100"), "DIM:SIZE"),
+])
+def test_search_errors_are_one_line(data, index, call, message):
+    with pytest.raises(InputError, match=message) as info:
+        call(index, data["queries"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("vectors, options, message", [
+    (np.full((10, 64), np.nan, dtype=np.float32), {}, "NaN"),
+    (np.zeros((10, 64), dtype=np.float32), {}, "all zeros"),
+    (np.ones((0, 64), dtype=np.float32), {}, "no vectors"),
+    (np.ones((10, 64), dtype=np.float32), {"shortlist_dim": 128}, "shortlist dim 128"),
+    (np.ones((10, 64), dtype=np.float32), {"dtype": "f8"}, "unknown shortlist dtype"),
+    (np.ones((10, 64), dtype=np.float32), {"dtype": "b1", "shortlist_dim": 12}, "divisible by 8"),
+    (np.array(["a", "b"]), {}, "real numbers"),
+])
+def test_build_errors(vectors, options, message):
+    with pytest.raises(InputError, match=message):
+        AdaptiveIndex.build(vectors, **options)
+
+
+# --- concurrency ------------------------------------------------------------------------------------------
+
+def test_concurrent_searches_equal_serial_ones(data, index):
+    settings = [{"shortlist_size": 50}, {"shortlist_size": 200}, {"funnel": "16:300,32:50,64:10"},
+                {"shortlist_size": 100, "expansion_search": 300}, {"exact": True}]
+    serial = [index.search(data["queries"], k=K, **options) for options in settings]
+    jobs = [i % len(settings) for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: index.search(data["queries"], k=K, **settings[i]), jobs))
+    for i, (ids, scores) in zip(jobs, results):
+        np.testing.assert_array_equal(ids, serial[i][0])
+        np.testing.assert_array_equal(scores, serial[i][1])
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+def test_metrics_by_hand():
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 9, 1, -1], [5, 6, 7, 8]])
+    assert recall_at_k(found, truth) == pytest.approx((2 + 4) / 8)
+    assert recall_at_k(found, truth, k=2) == pytest.approx((0 + 2) / 4)  # top 2 of each against top 2
+    corpus_labels = np.array([0, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    ids = np.array([[1, 0, 2, 3], [2, 4, 1, 9]])
+    query_labels = np.array([1, 1])
+    # query 0: relevant at ranks 1 and 3: (1/1 + 2/3) / 4; query 1: ranks 1, 2, 3: (1 + 1 + 1) / 4
+    np.testing.assert_allclose(average_precision_at_k(ids, corpus_labels, query_labels, k=4), [(1 + 2 / 3) / 4, 3 / 4])
+    assert map_at_k(ids, corpus_labels, query_labels, k=4) == pytest.approx(((1 + 2 / 3) / 4 + 3 / 4) / 2)
+    assert precision_at_k(ids, corpus_labels, query_labels, k=4) == pytest.approx((2 + 3) / 8)
+    assert precision_at_k(np.array([[-1, 1]]), corpus_labels, np.array([0]), k=2) == 0  # -1 never relevant
+
+
+def test_parse_funnel():
+    assert parse_funnel("16:800, 64:200,768:10") == [(16, 800), (64, 200), (768, 10)]
+
+
+# --- tune -----------------------------------------------------------------------------------------------------
+
+def test_tune_recommends_and_saves(data, index, tmp_path):
+    from mrl_deploy.retrieval import apply_recommendation, tune
+
+    path = index.save(tmp_path / "index")
+    loaded = AdaptiveIndex.load(path, view=False)
+    tuned = tune(loaded, data["queries"], k=K, recall=0.97, dims=[8, 16], dtypes=["f16", "i8"],
+                 shortlist_sizes=[20, 100, 400], expansions=[64], repeats=1)
+    report = tuned["report"]
+    assert len(report["points"]) == 2 * 2 * 3
+    best = report["recommended"]
+    assert best["recall"] >= 0.97
+    assert all(p["qps"] <= best["qps"] for p in report["points"] if p["recall"] >= 0.97)
+    assert best in report["pareto"]
+    for p in report["pareto"]:  # nothing on the frontier is beaten on all three at once
+        assert not any(o["recall"] >= p["recall"] and o["qps"] >= p["qps"] and o["bytes_per_vector"] <= p["bytes_per_vector"]
+                       and o != p and (o["recall"], o["qps"], o["bytes_per_vector"]) != (p["recall"], p["qps"], p["bytes_per_vector"])
+                       for o in report["points"])
+    apply_recommendation(loaded, tuned, path)
+    saved = AdaptiveIndex.load(path)
+    assert (saved.shortlist_dim, saved.dtype) == (best["shortlist_dim"], best["dtype"])
+    assert saved.defaults["shortlist_size"] == best["shortlist_size"]
+    assert saved.settings["tuned"]["recommended"] == best
+    ids, _ = saved.search(data["queries"], k=K)  # the saved default
+    assert recall_at_k(ids, data["truth"]) >= 0.95
+    with pytest.raises(InputError, match="no setting reached"):
+        apply_recommendation(loaded, tune(loaded, data["queries"], recall=1.01, dims=[16], shortlist_sizes=[10],
+                                          expansions=[10], repeats=1), path)
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+def run_cli(*args):
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_index_search_tune(data, tmp_path):
+    np.save(tmp_path / "corpus.npy", data["corpus"])
+    np.save(tmp_path / "queries.npy", data["queries"])
+    built = run_cli("index", "--vectors", tmp_path / "corpus.npy", "-o", tmp_path / "ix", "--shortlist-dim", 16,
+                    "--dtype", "i8", "--json")
+    assert built.returncode == 0, built.stderr
+    summary = json.loads(built.stdout)
+    assert summary["count"] == 2000 and summary["dtype"] == "i8" and summary["shortlist_bytes"] > 0
+    found = run_cli("search", tmp_path / "ix", "--queries", tmp_path / "queries.npy", "-k", K, "--funnel",
+                    "16:300,32:60,64:10", "--json", "-o", tmp_path / "out.npz")
+    assert found.returncode == 0, found.stderr
+    result = json.loads(found.stdout)
+    assert np.array(result["ids"]).shape == (100, K) and result["qps"] > 0
+    assert recall_at_k(np.array(result["ids"]), data["truth"]) >= 0.95
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["ids"], result["ids"])
+    table = run_cli("search", tmp_path / "ix", "--queries", tmp_path / "queries.npy", "--exact")
+    assert table.returncode == 0 and "queries/s" in table.stderr
+    tuned = run_cli("tune", tmp_path / "ix", "--queries", tmp_path / "queries.npy", "--recall", 0.95, "--dims", 16,
+                    "--shortlists", "20,100", "--expansions", 64, "--repeats", 1, "--save", "--json")
+    assert tuned.returncode == 0, tuned.stderr
+    report = json.loads(tuned.stdout)
+    assert report["recommended"]["shortlist_size"] == 100 and report["saved"]
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["defaults"]["shortlist_size"] == 100
+    appended = run_cli("index", "--vectors", tmp_path / "queries.npy", "-o", tmp_path / "ix", "--append", "--json")
+    assert appended.returncode == 0 and json.loads(appended.stdout)["count"] == 2100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "{ix}", "--queries", "{short}"], "queries have 32 dims"),
+    (["search", "{ix}", "--queries", "{q}", "-k", 5000], "larger than the corpus"),
+    (["search", "{ix}"], "give --queries"),
+    (["search", "{tmp}", "--queries", "{q}"], "not an mrl-deploy index"),
+    (["index", "--vectors", "{nan}", "-o", "{tmp}/new"], "NaN"),
+    (["index", "-o", "{tmp}/new"], "give --vectors"),
+])
+def test_cli_errors_are_one_line(data, tmp_path, args, message):
+    q = data["queries"]
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "short.npy", q[:, :32])
+    np.save(tmp_path / "nan.npy", np.where(np.arange(64) == 1, np.nan, q))
+    AdaptiveIndex.build(data["corpus"], shortlist_dim=16).save(tmp_path / "ix")
+    names = {"ix": tmp_path / "ix", "q": tmp_path / "q.npy", "short": tmp_path / "short.npy",
+             "nan": tmp_path / "nan.npy", "tmp": tmp_path}
+    result = run_cli(*[str(a).format(**names) for a in args])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+@needs_torch
+def test_cli_index_and_search_through_an_artifact(tmp_path):
+    """index DIR INPUTS embeds with the artifact; search --inputs embeds the queries with the same one."""
+    from mrl_deploy import export
+
+    artifact = export("factories:tiny_embedder", dims=[8, 32], output=tmp_path / "tiny", input_shape="20",
+                      nesting_dims=[4, 8, 16, 32])
+    x = np.random.default_rng(0).standard_normal((1500, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", x[:20])
+    built = run_cli("index", tmp_path / "tiny", tmp_path / "x.npy", "-o", tmp_path / "ix", "--shortlist-dim", 8, "--json")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["full_dim"] == 32
+    found = run_cli("search", tmp_path / "ix", "--inputs", tmp_path / "q.npy", "-k", 3, "--json")
+    assert found.returncode == 0, found.stderr
+    assert [row[0] for row in json.loads(found.stdout)["ids"]] == list(range(20))  # each input finds itself
+    vectors = artifact.encode(x[:20], dim=32)
+    ids, _ = AdaptiveIndex.load(tmp_path / "ix").search(vectors, k=3)
+    np.testing.assert_array_equal(ids, json.loads(found.stdout)["ids"])
+
+
+def test_retrieval_path_imports_no_torch():
+    code = "import sys, mrl_deploy.retrieval, mrl_deploy.metrics; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_onnxruntime_imports_after_an_index_is_used():
+    """onnxruntime crashes at import once usearch's extension is loaded; the retrieval module
+    loads it first so that queries can be embedded after an index is opened."""
+    pytest.importorskip("onnxruntime")
+    code = ("import numpy as np; from mrl_deploy.retrieval import AdaptiveIndex; "
+            "AdaptiveIndex.build(np.eye(16, dtype=np.float32) + 0.1, shortlist_dim=8); import onnxruntime; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
