@@ -224,6 +224,7 @@ def view_rows(index, queries, truth, base_qps, repeats, sizes, common) -> list[d
     from mrl_deploy.retrieval import AdaptiveIndex
 
     out = []
+    CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         begun = time.perf_counter()
         index.save(Path(tmp) / "index")

@@ -132,7 +132,7 @@ def export(
         for variant in precision:
             info = {"file": VARIANT_FILES[variant], "precision": variant}
             if variant != "fp32":
-                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"]))
+                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], feeds))
             info["verification"] = verify_variant(stage / info["file"], variant, feeds, reference, outputs)
             say(f"{variant}: " + _summary(info["verification"]))
             models[variant] = info
@@ -239,12 +239,13 @@ def _run_torch(module, feed: dict[str, np.ndarray], outputs) -> dict[str, np.nda
     return {o["name"]: v.detach().float().numpy() for o, v in zip(outputs, values)}
 
 
-def _make_variant(variant: str, fp32_path: Path, path: Path) -> dict[str, Any]:
+def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     from . import precision as precision_mod
 
     if variant == "fp16":
         return precision_mod.make_fp16(fp32_path, path) or {}
-    return precision_mod.make_int8(fp32_path, path) or {}
+    # the verification feeds calibrate int8: layers whose quantization would fail verification stay fp32
+    return precision_mod.make_int8(fp32_path, path, sample=feeds) or {}
 
 
 def compare_outputs(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:

@@ -83,7 +83,7 @@ class Artifact:
         """An active runtime, cached per (name, variant, threads). Default: the best available."""
         from .runtimes import create_runtime, resolve_runtime
 
-        name = resolve_runtime(name, self)
+        name = resolve_runtime(name, self, variant)
         key = (name, variant, threads)
         if key not in self._runtimes:
             self._runtimes[key] = create_runtime(name, self, variant=variant, threads=threads).activate()

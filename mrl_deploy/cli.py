@@ -183,7 +183,7 @@ def embed(
         raise MRLDeployError(f"--output must be a .npy file, got {output}")
     artifact = Artifact.load(artifact_dir)
     data = load_inputs(inputs, artifact)
-    runtime = resolve_runtime(runtime, artifact)
+    runtime = resolve_runtime(runtime, artifact, variant)
     console.print(f"runtime: {runtime}", highlight=False)
     started = time.perf_counter()
     vectors = artifact.encode(data, dim=dim, runtime=runtime, variant=variant, batch_size=batch_size, threads=threads)
@@ -773,7 +773,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MRLDeployError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # escaped: messages name extras such as [gpu], which rich would take for markup
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
