@@ -8,7 +8,7 @@
    calibration split (mrl_deploy.cascade);
 4. retrieval: the train split is the corpus, the test split the queries; exact search at each dim
    and adaptive retrieval (shortlist at Ds, rerank at the full dim; mrl_deploy.retrieval's
-   AdaptiveIndex where it is installed, else an exhaustive numpy shortlist);
+   AdaptiveIndex; an exhaustive numpy shortlist where usearch is not installed);
 5. one table per task (dims vs accuracy / recall vs latency vs FLOPs vs bytes per vector), the
    numbers in WORKDIR/demo.json and the tradeoff curves in WORKDIR/demo.png.
 """
@@ -190,7 +190,7 @@ def retrieval_rows(artifact, train_set, test_set) -> dict[str, Any]:
     queries = artifact.encode(test_set.x, dim=full)
     truth = _search(corpus, queries, full)[0]
     index_cls = _adaptive_index()
-    index_name = "AdaptiveIndex (usearch HNSW)" if index_cls else "numpy exhaustive (no mrl_deploy.retrieval)"
+    index_name = "AdaptiveIndex (usearch HNSW)" if index_cls else "numpy exhaustive (usearch is not installed)"
     rows = []
     for dim in artifact.exported_dims:
         ids, seconds = _best_of(lambda: _search(corpus, queries, dim))
@@ -199,12 +199,9 @@ def retrieval_rows(artifact, train_set, test_set) -> dict[str, Any]:
         if dim == full:
             continue
         if index_cls is not None:
-            try:
-                index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
-                ids, seconds = _best_of(lambda: _timed(lambda: index.search(queries, k=K, shortlist_size=SHORTLIST)[0]))
-            except (TypeError, AttributeError, MRLDeployError) as exc:  # an AdaptiveIndex of another shape: say so
-                index_cls, index_name = None, f"numpy exhaustive (AdaptiveIndex failed: {str(exc)[:80]})"
-        if index_cls is None:
+            index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
+            ids, seconds = _best_of(lambda: _timed(lambda: index.search(queries, k=K, shortlist_size=SHORTLIST)[0]))
+        else:
             ids, seconds = _best_of(lambda: _adaptive_numpy(corpus, queries, dim, full))
         rows.append(_retrieval_row(f"adaptive {dim}->{full}", dim, full, np.asarray(ids), seconds, truth,
                                    train_set.y, test_set.y, 2 * (len(corpus) * dim + SHORTLIST * full)))
@@ -226,10 +223,13 @@ def _best_of(run, repeats: int = 5) -> tuple[np.ndarray, float]:
 
 
 def _adaptive_index():
-    try:
-        from .retrieval import AdaptiveIndex
-    except ImportError:
+    """AdaptiveIndex, or None where usearch (the [cpu] extra) is not installed."""
+    from .runtimes.availability import module_installed
+
+    if not module_installed("usearch"):
         return None
+    from .retrieval import AdaptiveIndex
+
     return AdaptiveIndex
 
 
