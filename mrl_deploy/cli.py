@@ -370,6 +370,7 @@ def calibrate(
     if dataset["y"] is None:
         raise MRLDeployError(f"{data} has no labels: calibration needs labelled data (digits, bbc-news, a .npz with x and y)")
     runtime = resolve_runtime(runtime, artifact)
+    console.print(f"runtime: {runtime}", highlight=False)
     with console.status("running every head on the calibration split and fitting thresholds..."):
         saved = calibrate_artifact(artifact.path, dataset["x"], dataset["y"], max_drop=max_drop, confidence=confidence,
                                    method=method, safety=safety, count_gains=count_gains, runtime=runtime, batch_size=batch_size,
@@ -501,6 +502,7 @@ def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_s
     artifact = Artifact.load(artifact_dir)
     data = load_inputs(inputs, artifact)
     runtime = resolve_runtime(runtime, artifact)
+    console.print(f"embedding {artifact.path} with runtime {runtime}", highlight=False)
     columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("embed", total=None)
