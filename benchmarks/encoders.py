@@ -52,12 +52,8 @@ def prepare_minilm(say):
 def prepare_resnet50(say):
     """ResNet-50 MRL (9 heads, 8..2048) with random weights in the official checkpoint format:
     latency does not depend on the weights; quality numbers compare variants with torch only."""
-    try:
-        from mrl_deploy.resnet import make_random_checkpoint
-    except ImportError:  # the loader of the export issue is not in this checkout: same network as a factory
-        say("resnet50: mrl_deploy.resnet not found; using the factory ResNet-50 in benchmarks/encoders.py")
-        return _export("resnet50", "encoders:resnet50_mrl_random", dims=[8, 64, 2048], say=say,
-                       input_shape="3,224,224", nesting_dims=MRL_DIMS)
+    from mrl_deploy.resnet import make_random_checkpoint
+
     checkpoint = CACHE / "resnet50_mrl_random.pt"
     if not checkpoint.is_file():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -83,47 +79,6 @@ def prepare_demo(say):
 
 
 MODELS = {"minilm": prepare_minilm, "resnet50": prepare_resnet50, "demo": prepare_demo}
-MRL_DIMS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
-
-
-def resnet50_mrl_random():
-    """Fallback: torchvision's ResNet-50 (v1.5: stride on the 3x3 conv) with the MRL paper's 9
-    heads, random weights, seeded; forward returns (z, [logits per nesting dim])."""
-    import torch
-    from torch import nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
-            self.downsample = (nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
-                               if stride != 1 or cin != width * 4 else None)
-
-        def forward(self, x):
-            y = torch.relu(self.bn1(self.conv1(x)))
-            y = torch.relu(self.bn2(self.conv2(y)))
-            y = self.bn3(self.conv3(y))
-            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class ResNet50MRL(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)], 64
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for index in range(blocks):
-                    layers.append(Bottleneck(cin, width, stride if index == 0 else 1))
-                    cin = width * 4
-            self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.heads = nn.ModuleList(nn.Linear(m, 1000) for m in MRL_DIMS)
-
-        def forward(self, x):
-            z = self.features(x)
-            return z, [head(z[:, :m]) for m, head in zip(MRL_DIMS, self.heads)]
-
-    return ResNet50MRL().eval()
 
 
 def _export(name, source, dims, say, sample=None, **source_options):
