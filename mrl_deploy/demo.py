@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import MRLDeployError
 
 DEFAULT_WORKDIR = Path("artifacts/demo")
 K = 10                      # recall@10 and mAP@10

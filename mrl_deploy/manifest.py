@@ -112,21 +112,23 @@ def update_manifest(directory: str | os.PathLike, **fields: Any) -> dict[str, An
 
 
 @contextmanager
-def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+def staged_directory(target: str | os.PathLike, marker: str = MANIFEST_NAME, what: str = "an artifact",
+                     error: type[Exception] = ArtifactError) -> Iterator[Path]:
     """Build a directory in a temp sibling and move it into place only if the block succeeds.
 
-    A failure leaves nothing behind, and an artifact already at `target` stays intact until the
-    new one is complete. A non-empty `target` that is not an artifact is refused, never replaced.
+    A failure leaves nothing behind, and a directory already at `target` stays intact until the
+    new one is complete. A non-empty `target` without `marker` (not `what`) is refused, never
+    replaced: it may hold a user's files.
     """
     target = Path(target).resolve()
     if target.exists():
         if not target.is_dir():
-            raise ArtifactError(f"{target} exists and is not a directory")
-        if any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
-            raise ArtifactError(f"{target} is a non-empty directory that is not an artifact: refusing to overwrite it")
+            raise error(f"{target} exists and is not a directory")
+        if any(target.iterdir()) and not (target / marker).is_file():
+            raise error(f"{target} is a non-empty directory that is not {what}: refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would make a shared artifact unreadable to others
+    staging.chmod(0o755)  # mkdtemp's 0700 would make a shared directory unreadable to others
     try:
         yield staging
         if target.exists():

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ArtifactError, InputError, require
+from .manifest import staged_directory, write_json_atomic
 
 FORMAT = "mrl-deploy-index"
 FORMAT_VERSION = 1
@@ -413,14 +412,14 @@ class AdaptiveIndex:
         """Write the index directory atomically; an index already at `path` stays intact until the
         new one is complete (a failure leaves it as it was)."""
         target = Path(path).resolve()
-        with _staged_index_dir(target) as staging:
+        with staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
             self._shortlist.save(str(staging / SHORTLIST_FILE))
             self._write_array(staging, RERANK_FILE, self._store)
             self._write_array(staging, KEYS_FILE, self._keys)
             settings = dict(self.settings, count=len(self),
                             files={name: (staging / name).stat().st_size
                                    for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE)})
-            _write_json(staging / INDEX_JSON, settings)
+            write_json_atomic(staging / INDEX_JSON, settings)
         self.settings = settings
         self._path = target
         self._identities = {name: _identity(target / name) for name in (RERANK_FILE, KEYS_FILE)}
@@ -460,7 +459,7 @@ class AdaptiveIndex:
         settings["defaults"] = self.settings["defaults"]
         if "tuned" in self.settings:
             settings["tuned"] = self.settings["tuned"]
-        _write_json(target / INDEX_JSON, settings)
+        write_json_atomic(target / INDEX_JSON, settings)
 
     def with_shortlist(self, shortlist_dim: int, dtype: str, progress: Progress | None = None) -> "AdaptiveIndex":
         """The same corpus with another HNSW shortlist (built from the rerank store's prefixes);
@@ -603,50 +602,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     del out
 
 
-def _write_json(path: Path, data: Any) -> None:
-    from .manifest import write_json_atomic
-
-    write_json_atomic(path, data)
-
-
-class _staged_index_dir:
-    """Build the index in a temp sibling, swap it into place only when complete. A non-empty
-    directory that is not an index is refused, never replaced."""
-
-    def __init__(self, target: Path):
-        if target.exists() and (not target.is_dir() or
-                                (any(target.iterdir()) and not (target / INDEX_JSON).is_file())):
-            raise InputError(f"{target} exists and is not an mrl-deploy index: refusing to overwrite it")
-        self.target = target
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial",
-                                             dir=self.target.parent))
-        self.staging.chmod(0o755)
-        return self.staging
-
-    def __exit__(self, kind, value, traceback) -> None:
-        try:
-            if kind is None:
-                _swap_into_place(self.staging, self.target)
-        finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    backup.rmdir()
-    os.replace(target, backup)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 # --- tuning ---------------------------------------------------------------------------------------
