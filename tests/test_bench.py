@@ -5,7 +5,6 @@ import math
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from mrl_deploy import bench
 from mrl_deploy.errors import InputError, RuntimeUnavailableError
 from mrl_deploy.flops import (adaptive_search_flops, exact_search_flops, funnel_search_flops, head_flops,
                               retrieval_flops)
-from mrl_deploy.report import REPORT_SCHEMA, validate
+from mrl_deploy.report import validate
 
 # --- statistics on known samples -------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import needs_torch
 
-from mrl_deploy.data import (calibration_test_split, load_dataset, load_eval_data, make_dataset, split_dataset,
+from mrl_deploy.data import (calibration_test_split, load_dataset, load_eval_data, split_dataset,
                              stratified_indices)
 from mrl_deploy.errors import DataError, DimsError
 
