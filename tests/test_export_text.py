@@ -93,3 +93,25 @@ def test_config_declares_matryoshka_dims(model_dir, tmp_path):
     (copy / "config_sentence_transformers.json").write_text(json.dumps(config))
     source = load_source(copy)
     assert source.kind == "sentence-transformers" and source.nesting_dims == [32, 64, 128, 384]
+
+
+def test_dense_head_and_cls_pooling(model_dir, tmp_path):
+    """Another pipeline shape (CLS pooling, a Dense projection to 96 dims, Normalize): the whole
+    pipeline is exported, so the artifact still equals encode(truncate_dim=m)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    from mrl_deploy import export
+
+    torch.manual_seed(0)
+    transformer = models.Transformer(str(model_dir), max_seq_length=64)
+    pooling = models.Pooling(384, pooling_mode="cls")
+    dense = models.Dense(384, 96, activation_function=torch.nn.Tanh())
+    st = SentenceTransformer(modules=[transformer, pooling, dense, models.Normalize()], device="cpu")
+    st.save(str(tmp_path / "dense"))
+    artifact = export(tmp_path / "dense", dims=[24, 96], output=tmp_path / "artifact")
+    assert artifact.manifest["full_dim"] == 96 and artifact.manifest["preprocessing"]["max_seq_length"] == 64
+    for dim in (24, 96):
+        expected = st.encode(TEXTS, truncate_dim=dim, normalize_embeddings=True)
+        got = artifact.encode(TEXTS, dim=dim)
+        assert np.sum(expected * got, axis=1).min() >= 0.9999
