@@ -44,18 +44,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+def read_description(directory: str | os.PathLike, name: str, what: str) -> dict[str, Any]:
+    """The JSON file `name` that makes `directory` an mrl-deploy `what` (artifact, index), parsed."""
     directory = Path(directory)
-    path = directory / MANIFEST_NAME
+    path = directory / name
     if not directory.is_dir():
-        raise ArtifactError(f"artifact directory not found: {directory}")
+        raise ArtifactError(f"{what} directory not found: {directory}")
     if not path.is_file():
-        raise ArtifactError(f"{directory} is not an mrl-deploy artifact: no {MANIFEST_NAME}")
+        raise ArtifactError(f"{directory} is not an mrl-deploy {what}: no {name}")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or "format_version" not in manifest:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} is not an mrl-deploy {what} description")
+    return data
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    manifest = read_description(directory, MANIFEST_NAME, "artifact")
+    if "format_version" not in manifest:
         raise ArtifactError(f"{path} is not an mrl-deploy manifest")
     if manifest["format_version"] > FORMAT_VERSION:
         raise ArtifactError(

@@ -29,7 +29,6 @@ all cores by itself. Runtime path: numpy and usearch only, never torch.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -40,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ArtifactError, InputError, require
-from .manifest import staged_directory, write_json_atomic
+from .manifest import read_description, staged_directory, write_json_atomic
 
 FORMAT = "mrl-deploy-index"
 FORMAT_VERSION = 1
@@ -550,15 +549,8 @@ def _check_funnel(stages: list[tuple[int, int]], k: int, shortlist_dim: int, rer
 
 def read_settings(path: Path) -> dict[str, Any]:
     file = path / INDEX_JSON
-    if not path.is_dir():
-        raise ArtifactError(f"index directory not found: {path}")
-    if not file.is_file():
-        raise ArtifactError(f"{path} is not an mrl-deploy index: no {INDEX_JSON}")
-    try:
-        settings = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(settings, dict) or settings.get("format") != FORMAT:
+    settings = read_description(path, INDEX_JSON, "index")
+    if settings.get("format") != FORMAT:
         raise ArtifactError(f"{file} is not an mrl-deploy index description")
     if settings.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{path} has index format {settings['format_version']}; upgrade mrl-deploy")
