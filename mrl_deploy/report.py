@@ -176,7 +176,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     console.print(latency)
     for skipped in report.get("skipped", []):
         console.print(f"[yellow]skipped[/yellow] {skipped['runtime']} ({skipped['variant']}): {skipped['reason']}")
-    console.print(dims_table(report))
+    for table in dims_tables(report):
+        console.print(table)
     unit = report.get("flops_unit", "")
     encoder = next((d["encoder_flops"] for d in report["dims"] if d["encoder_flops"] is not None), None)
     console.print(f"[dim]Encoder FLOPs: {human_count(encoder)} per sample at every dim (the encoder runs in full "
@@ -197,15 +198,27 @@ def print_report(report: dict[str, Any], console: Any) -> None:
             console.print(f"[yellow]recall not measured:[/yellow] {quality['retrieval_skipped']}")
 
 
-def dims_table(report: dict[str, Any]):
+def dims_tables(report: dict[str, Any]) -> list:
+    """What each dim costs, and (with --data) what it buys: two tables, so each fits a terminal."""
     from rich.table import Table
 
+    cost = Table(title="Cost per dim", title_justify="left")
+    for column in ("dim", "f32 B", "f16 B", "i8 B", "bin B", "head FLOPs", "exact search", "adaptive search",
+                   "saving"):
+        cost.add_column(column, justify="right", no_wrap=True)
+    for row in report["dims"]:
+        flops = row["retrieval_flops"]
+        cost.add_row(str(row["dim"]), *(f"{row['bytes_per_vector'][key]:,}" for key in ("f32", "f16", "i8", "binary")),
+                     human_count(row["head_flops"]), human_count(flops["exact"]), human_count(flops["adaptive"]),
+                     f"{flops['exact_full'] / flops['adaptive']:.1f}x")
     quality = report.get("quality") or {}
     accuracy = quality.get("accuracy") or {}
     retrieval = {row["dim"]: row for row in ((quality.get("retrieval") or {}).get("per_dim") or [])}
+    if not accuracy and not retrieval:
+        return [cost]
     k = (quality.get("retrieval") or {}).get("k", 10)
-    table = Table(title="Cost and quality per dim", title_justify="left")
-    columns = ["dim", "f32 B", "f16 B", "i8 B", "bin B", "head FLOPs", "exact search", "adaptive search", "saving"]
+    table = Table(title="Quality per dim", title_justify="left")
+    columns = ["dim"]
     variants = {v: info["accuracy"] for v, info in (quality.get("variants") or {}).items() if info.get("accuracy")}
     if accuracy:
         columns.append(f"accuracy {quality.get('variant', '')}".strip())
@@ -217,10 +230,7 @@ def dims_table(report: dict[str, Any]):
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for row in report["dims"]:
-        flops = row["retrieval_flops"]
-        cells = [str(row["dim"]), *(f"{row['bytes_per_vector'][key]:,}" for key in ("f32", "f16", "i8", "binary")),
-                 human_count(row["head_flops"]), human_count(flops["exact"]), human_count(flops["adaptive"]),
-                 f"{flops['exact_full'] / flops['adaptive']:.1f}x"]
+        cells = [str(row["dim"])]
         if accuracy:
             for values in (accuracy, *variants.values()):
                 value = values.get(str(row["dim"]))
@@ -231,7 +241,7 @@ def dims_table(report: dict[str, Any]):
             if f"recall@{k} HNSW" in columns:
                 cells.append(_pct(r.get("adaptive_hnsw")))
         table.add_row(*cells)
-    return table
+    return [cost, table]
 
 
 def _ratio(value: float | None) -> str:
