@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -491,10 +492,19 @@ def _load_vectors(path: Path, what: str):
         raise MRLDeployError(f"cannot read {path}: {exc}") from None
 
 
-def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_size: int):
-    """Embed an INPUTS file with an artifact in chunks, with a progress bar; returns (vectors, artifact path)."""
+@contextmanager
+def _progress(label: str):
+    """A transient progress bar; yields the (done, total) callback the library functions take."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_size: int):
+    """Embed an INPUTS file with an artifact in chunks, with a progress bar; returns (vectors, artifact path)."""
     from .artifact import Artifact, load_inputs
     from .retrieval import encode_inputs
     from .runtimes import resolve_runtime
@@ -503,11 +513,9 @@ def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_s
     data = load_inputs(inputs, artifact)
     runtime = resolve_runtime(runtime, artifact)
     console.print(f"embedding {artifact.path} with runtime {runtime}", highlight=False)
-    columns = (TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("embed", total=None)
+    with _progress("embedding") as report:
         vectors = encode_inputs(artifact, data, dim, chunk=max(batch_size, 1024), runtime=runtime,
-                                batch_size=batch_size, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                batch_size=batch_size, progress=report)
     return vectors, artifact.path.resolve()
 
 
@@ -537,8 +545,6 @@ def index_command(
     """
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .retrieval import AdaptiveIndex
 
     if (vectors is None) == (artifact_dir is None and inputs is None):
@@ -553,10 +559,7 @@ def index_command(
         source = {"artifact": str(artifact_path), "inputs": str(inputs)}
     ids = _load_vectors(keys, "--keys") if keys is not None else None
     started = time.perf_counter()
-    columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("index", total=len(data))
-        report = lambda done, total: bar.update(task, completed=done)  # noqa: E731
+    with _progress("indexing") as report:
         if append:
             index = AdaptiveIndex.load(output, view=False)
             index.add(data, ids, progress=report)
