@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import ArtifactError, InputError, MRLDeployError, require
 from .manifest import read_manifest, verify_files
+from .tokenization import encode, load_tokenizer
 
 
 class Artifact:
@@ -159,18 +160,13 @@ class Artifact:
             yield {name: value[start:start + batch_size] for name, value in feed.items()}
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The model's inputs for `texts` (mrl_deploy.tokenization: the code the Triton tokenizer
+        model runs too)."""
         if self._tokenizer is None:
-            tokenizers = require("tokenizers", "text", "text artifacts")
+            require("tokenizers", "text", "text artifacts")
             pre = self.manifest["preprocessing"]
-            tokenizer = tokenizers.Tokenizer.from_file(str(self.path / pre["tokenizer"]))
-            tokenizer.enable_truncation(max_length=int(pre["max_seq_length"]))
-            tokenizer.enable_padding(pad_id=int(pre.get("pad_token_id", 0)), pad_token=pre.get("pad_token", "[PAD]"))
-            self._tokenizer = tokenizer
-        encodings = self._tokenizer.encode_batch(texts)
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+            self._tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre)
+        feed = encode(self._tokenizer, texts)
         return {name: feed[name] for name in self.input_names}
 
     def _texts(self, inputs: Any) -> list[str]:

@@ -353,14 +353,7 @@ def _sample_texts(batch: int, seed: int) -> list[str]:
 
 def tokenize_texts(model: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:
     """Tokenize with the tokenizer file the artifact will carry, as Artifact.tokenize does."""
-    from tokenizers import Tokenizer
+    from .tokenization import encode, load_tokenizer
 
-    pre = model.preprocessing
-    tokenizer = Tokenizer.from_file(str(model.tokenizer_file))
-    tokenizer.enable_truncation(max_length=pre["max_seq_length"])
-    tokenizer.enable_padding(pad_id=pre["pad_token_id"], pad_token=pre["pad_token"])
-    encodings = tokenizer.encode_batch(list(texts))
-    return {
-        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-    }
+    feed = encode(load_tokenizer(model.tokenizer_file, model.preprocessing), texts)
+    return {spec.name: feed[spec.name] for spec in model.inputs}
