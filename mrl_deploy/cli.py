@@ -764,6 +764,59 @@ def bench(
             console.print(f"json: {write_report_json(report, json_out)}", highlight=False)
 
 
+# --- Triton Inference Server: triton ----------------------------------------------------------
+# (triton commands)
+@app.command()
+def triton(
+    source: Path = typer.Argument(..., help="An artifact directory (written by `mrl-deploy export`); with --check and no --output, a model repository to check."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model repository to write (an existing one there is replaced only once the new one is complete; any other non-empty directory is refused)."),
+    check: bool = typer.Option(False, "--check", help="Check a repository without a Triton server: every config.pbtxt parsed with Triton's schema, inputs/outputs/types/dims against the ONNX graphs, ensemble wiring, each ONNX model run on ONNX Runtime CPU at max_batch_size. With --output, the new repository is checked before it replaces anything. Needs the triton extra."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the artifact directory's name, with characters Triton does not allow replaced by _)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="max_batch_size of every model."),
+    preferred_batch: Optional[str] = typer.Option(None, "--preferred-batch", help="Dynamic batching's preferred batch sizes, comma-separated (default: those of 8,16,32 up to --max-batch)."),
+    max_queue_delay_us: int = typer.Option(100, "--max-queue-delay-us", help="Longest wait (microseconds) of a request for others to batch with."),
+    instances: int = typer.Option(1, "--instances", help="Instances (copies) of each model per GPU, or on the CPU."),
+    kind: str = typer.Option("gpu", "--kind", help="gpu or cpu: the instance kind of config.pbtxt (configs/cpu.pbtxt is always written for --model-config-name=cpu; int8 models are always CPU)."),
+    trt_accelerator: bool = typer.Option(False, "--trt-accelerator", help="Run the ONNX models through ONNX Runtime's TensorRT execution provider on GPU instances (engine cache, one profile up to --max-batch)."),
+    trt_fp16: bool = typer.Option(False, "--trt-fp16", help="With --trt-accelerator: let TensorRT use fp16 (precision_mode FP16; default FP32)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Variants to serve besides fp32 (always written), comma-separated: fp16, int8, tensorrt, tensorrt-fp16 (default: every one the artifact has)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary (models, settings, check report) as JSON."),
+) -> None:
+    """Write a Triton Inference Server model repository for an artifact, or check one (--check).
+
+    Examples: mrl-deploy triton artifacts/minilm -o triton-repo --check   |   mrl-deploy triton --check triton-repo
+    """
+    from .triton import check_repository, parse_batch_sizes, write_repository
+
+    if output is None:
+        if not check:
+            raise MRLDeployError("give --output REPO to write a repository, or --check to check the repository SOURCE")
+        with console.status("checking...") as status:
+            report = check_repository(source, progress=lambda message: status.update(message))
+        if json_out:
+            emit_json(report)
+        else:
+            console.print(f"[green]ok[/green] {source}: {len(report['models'])} models pass the check "
+                          f"({', '.join(report['models'])})", highlight=False)
+        return
+    sizes = parse_batch_sizes(preferred_batch, "--preferred-batch") if preferred_batch is not None else None
+    with console.status("writing the repository...") as status:
+        summary = write_repository(
+            source, output, name=name, max_batch=max_batch, preferred_batch=sizes, max_queue_delay_us=max_queue_delay_us,
+            instances=instances, kind=kind, trt_accelerator=trt_accelerator, trt_fp16=trt_fp16,
+            variants=parse_csv(variants) if variants is not None else None, check=check,
+            progress=lambda message: status.update(message),
+        )
+    if json_out:
+        emit_json(summary)
+        return
+    for note in summary["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    checked = " (checked)" if check else ""
+    console.print(f"[green]wrote[/green] {summary['repository']}{checked}: models {', '.join(summary['models'])}; "
+                  f"see its README.md", highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings

@@ -45,6 +45,10 @@ class DataError(MRLDeployError, ValueError):
     """Training / evaluation data that is missing or malformed."""
 
 
+class RepositoryError(MRLDeployError):
+    """A Triton model repository that Triton would refuse or run wrongly (`mrl-deploy triton --check`)."""
+
+
 def require(module: str, extra: str, what: str = ""):
     """Import an optional heavy module, or raise a MissingExtraError that names the extra."""
     import importlib
