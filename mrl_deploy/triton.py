@@ -404,7 +404,7 @@ def write_repository(artifact: Any, output: str | os.PathLike, *, name: str | No
         for variant in [v for v in chosen if v in ENGINE_VARIANTS]:
             model = name + ENGINE_VARIANTS[variant]
             entry = manifest["models"][variant]
-            engine_settings = dict(settings, accelerator=False)
+            engine_settings = dict(settings)
             engine_batch = int(entry.get("max_batch") or settings["max_batch"])
             if engine_batch < settings["max_batch"]:
                 engine_settings.update(max_batch=engine_batch,
