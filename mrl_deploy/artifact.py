@@ -120,11 +120,20 @@ class Artifact:
         """Re-normalised `dim`-d embeddings (float32, one row per input). `dim` defaults to the
         largest exported dim; any dim up to it works: a prefix of a normalised prefix, normalised
         again, equals z[:dim] / ||z[:dim]||."""
-        source_dim = self._embedding_source_dim(dim)
-        vectors = self.run(inputs, [f"embedding_{source_dim}"], **run_options)[f"embedding_{source_dim}"]
-        if dim is not None and dim != source_dim:
-            vectors = renormalize(vectors[:, :dim])
-        return vectors.astype(np.float32, copy=False)
+        output = self.embedding_output(dim)
+        return self.at_dim(self.run(inputs, [output], **run_options)[output], dim)
+
+    def embedding_output(self, dim: int | None) -> str:
+        """The graph output that serves `dim`: embedding_m for the smallest exported m >= dim."""
+        return f"embedding_{self._embedding_source_dim(dim)}"
+
+    @staticmethod
+    def at_dim(rows: np.ndarray, dim: int | None) -> np.ndarray:
+        """Rows of an embedding output (re-normalised prefixes) cut to `dim` and re-normalised
+        again: z[:dim] / ||z[:dim]||. What encode does with embedding_output(dim)'s rows."""
+        if dim is not None and dim != rows.shape[1]:
+            rows = renormalize(rows[:, :dim])
+        return rows.astype(np.float32, copy=False)
 
     def logits(self, inputs: Any, dim: int, **run_options: Any) -> np.ndarray:
         if dim not in self.logit_dims:
@@ -154,7 +163,7 @@ class Artifact:
             for start in range(0, len(texts), batch_size):
                 yield self.tokenize(texts[start:start + batch_size])
             return
-        feed = self._tensor_feed(inputs)
+        feed = self.tensor_feed(inputs)
         count = len(next(iter(feed.values())))
         for start in range(0, count, batch_size):
             yield {name: value[start:start + batch_size] for name, value in feed.items()}
@@ -177,7 +186,9 @@ class Artifact:
             raise InputError(f"{self.path} is a text model: give a list of strings")
         return texts
 
-    def _tensor_feed(self, inputs: Any) -> dict[str, np.ndarray]:
+    def tensor_feed(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Tensor inputs (an array, or a dict of arrays) checked against the manifest's input specs
+        (shape, numeric, finite) and cast to their dtypes; one unbatched sample gets a batch axis."""
         specs = self.manifest["inputs"]
         if isinstance(inputs, dict):
             feed = {k: np.asarray(v) for k, v in inputs.items()}
@@ -201,12 +212,15 @@ class Artifact:
                 raise InputError(
                     f"input {spec['name']!r} has shape {tuple(value.shape)}; the model takes {self._shape_text()}"
                 )
-            if spec["dtype"].startswith("float"):
-                if not np.issubdtype(value.dtype, np.number):
-                    raise InputError(f"input {spec['name']!r} must be numeric, got {value.dtype}")
-                if not np.all(np.isfinite(value)):
-                    raise InputError(f"input {spec['name']!r} contains NaN or infinite values")
-            feed[spec["name"]] = np.ascontiguousarray(value.astype(spec["dtype"], copy=False))
+            if spec["dtype"].startswith("float") and not np.issubdtype(value.dtype, np.number):
+                raise InputError(f"input {spec['name']!r} must be numeric, got {value.dtype}")
+            with np.errstate(over="ignore", invalid="ignore"):   # checked right below
+                value = np.ascontiguousarray(value.astype(spec["dtype"], copy=False))
+            # after the cast: a finite float64 past float32's range becomes inf there
+            if spec["dtype"].startswith("float") and not np.all(np.isfinite(value)):
+                raise InputError(f"input {spec['name']!r} contains NaN or infinite values "
+                                 f"(or values past {spec['dtype']}'s range)")
+            feed[spec["name"]] = value
         counts = {len(v) for v in feed.values()}
         if len(counts) != 1:
             raise InputError(f"inputs have different batch sizes: {sorted(counts)}")
