@@ -19,6 +19,8 @@ The index directory (written atomically: a temp sibling renamed into place):
                       need not sit in RAM. Row i belongs to keys.npy[i] (usearch's own file keeps
                       vectors in slot order, not insertion order, so it cannot serve as this store).
   keys.npy            N int64 user ids
+  documents.jsonl     optional: per row its text and metadata, one JSON object per line, and
+  documents.offsets.npy   the N+1 byte offsets of those lines (a lookup reads only its rows)
 
 Why the rerank calls usearch's SIMD kernel per query (a Python loop per query, never per
 candidate): numpy's float16 -> float32 cast is scalar here (~0.5 G values/s), which made a
@@ -47,6 +49,8 @@ INDEX_JSON = "index.json"
 SHORTLIST_FILE = "shortlist.usearch"
 RERANK_FILE = "rerank.npy"
 KEYS_FILE = "keys.npy"
+DOCUMENTS_FILE = "documents.jsonl"
+DOCUMENT_OFFSETS_FILE = "documents.offsets.npy"
 SHORTLIST_DTYPES = ("f32", "f16", "i8", "b1")
 RERANK_DTYPES = {"f16": np.float16, "f32": np.float32}
 DEFAULTS = {"dtype": "f16", "rerank_dtype": "f16", "connectivity": 16, "expansion_add": 128,
@@ -236,11 +240,13 @@ class AdaptiveIndex:
     """A usearch HNSW shortlist over Ds-dim prefixes plus a rerank store of Dr-dim prefixes."""
 
     def __init__(self, settings: dict[str, Any], shortlist: Any, store: np.ndarray, keys: np.ndarray,
-                 *, path: Path | None = None, view: bool = False):
+                 *, path: Path | None = None, view: bool = False, documents: "DocumentStore | None" = None):
         self.settings = settings
         self._shortlist = shortlist
         self._store = store
         self._keys = keys
+        self._documents = documents    # texts / metadata per row, or None
+        self._key_order: np.ndarray | None = None   # argsort of the keys, for lookups by id
         self._path = path              # where the store / keys files came from (unchanged since)
         # which files those were: a later save over `path` replaces them, and must not be linked
         self._identities = {name: _identity(path / name) for name in (RERANK_FILE, KEYS_FILE)} if path else {}
@@ -258,6 +264,30 @@ class AdaptiveIndex:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def has_documents(self) -> bool:
+        """Whether the index keeps a text and / or metadata per row (`documents`)."""
+        return self._documents is not None
+
+    def documents(self, ids: Any) -> list:
+        """The stored {"text", "metadata"} of each id, nested like `ids` (a search's Q x k ids);
+        None for -1 (a missing result) and for an index without documents."""
+        ids = np.asarray(ids, dtype=np.int64)
+        flat = ids.reshape(-1)
+        found: list = [None] * len(flat)
+        if self._documents is not None and len(self._keys):
+            if self._key_order is None:
+                self._key_order = np.argsort(self._keys, kind="stable")
+            sorted_keys = self._keys[self._key_order]
+            at = np.minimum(np.searchsorted(sorted_keys, flat), len(sorted_keys) - 1)
+            known = (flat >= 0) & (sorted_keys[at] == flat)
+            rows = self._key_order[at[known]]
+            for i, document in zip(np.flatnonzero(known), self._documents.get(rows)):
+                found[i] = document
+        nested = np.empty(len(found), dtype=object)
+        nested[:] = found
+        return nested.reshape(ids.shape).tolist()
 
     @property
     def shortlist_bytes(self) -> int:
@@ -278,9 +308,11 @@ class AdaptiveIndex:
               dtype: str = DEFAULTS["dtype"], rerank_dtype: str = DEFAULTS["rerank_dtype"], keys: Any = None,
               connectivity: int = DEFAULTS["connectivity"], expansion_add: int = DEFAULTS["expansion_add"],
               expansion_search: int = DEFAULTS["expansion_search"],
-              shortlist_size: int = DEFAULTS["shortlist_size"], progress: Progress | None = None) -> "AdaptiveIndex":
+              shortlist_size: int = DEFAULTS["shortlist_size"], progress: Progress | None = None,
+              texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None) -> "AdaptiveIndex":
         """Index N x d MRL vectors: an HNSW graph over the first `shortlist_dim` dims (default
-        min(64, d/4), at least 8), a rerank store of the first `rerank_dim` (default d)."""
+        min(64, d/4), at least 8), a rerank store of the first `rerank_dim` (default d). `texts`
+        and / or `metadata` (one JSON object per vector) are kept beside them (`documents`)."""
         vectors = _as_matrix(vectors, "vectors")
         full = int(vectors.shape[1])
         rerank_dim = int(rerank_dim or full)
@@ -289,17 +321,20 @@ class AdaptiveIndex:
                              expansion_search, shortlist_size)
         _check_vectors(vectors, settings)
         keys = _check_keys(np.arange(len(vectors)) if keys is None else keys, len(vectors))
+        lines = document_lines(texts, metadata, len(vectors))
         store = np.empty((len(vectors), rerank_dim), dtype=RERANK_DTYPES[rerank_dtype])
         for start in range(0, len(vectors), CHUNK_ROWS):
             store[start:start + CHUNK_ROWS] = prefix(vectors[start:start + CHUNK_ROWS], rerank_dim)
         shortlist = new_shortlist_index(settings)
-        index = cls(settings, shortlist, store, keys)
+        index = cls(settings, shortlist, store, keys, documents=None if lines is None else DocumentStore(added=lines))
         index._add_shortlist(vectors, 0, progress)
         return index
 
-    def add(self, vectors: Any, keys: Any = None, progress: Progress | None = None) -> np.ndarray:
+    def add(self, vectors: Any, keys: Any = None, progress: Progress | None = None,
+            texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None) -> np.ndarray:
         """Append vectors (ids default to max id + 1, ...); returns their keys. The rerank store
-        becomes an in-memory array: save() to persist."""
+        becomes an in-memory array: save() to persist. An index with documents needs `texts` and
+        / or `metadata` for the new rows too; one without cannot take them."""
         if self._view:
             raise InputError("this index was loaded with view=True (memory-mapped, read-only): "
                              "load it with view=False to add vectors")
@@ -307,6 +342,12 @@ class AdaptiveIndex:
         _check_vectors(vectors, self.settings)
         start = int(self._keys.max()) + 1 if len(self._keys) else 0
         keys = _check_keys(np.arange(start, start + len(vectors)) if keys is None else keys, len(vectors), self._keys)
+        lines = document_lines(texts, metadata, len(vectors))
+        if (lines is None) != (self._documents is None):
+            raise InputError("this index keeps a text / metadata per vector: give them for the new vectors too"
+                             if lines is None else
+                             "this index has no document store (it was built without texts or metadata): "
+                             "rebuild it with them to keep texts")
         first = len(self._keys)
         added = np.empty((len(vectors), self.rerank_dim), dtype=self._store.dtype)
         for s in range(0, len(vectors), CHUNK_ROWS):
@@ -314,6 +355,9 @@ class AdaptiveIndex:
         self._add_shortlist(vectors, first, progress)
         self._store = np.concatenate([self._store, added])
         self._keys = np.concatenate([self._keys, keys])
+        self._key_order = None
+        if lines is not None:
+            self._documents.extend(lines)
         self._path, self._identities = None, {}
         self.settings["count"] = len(self._keys)
         return keys
@@ -415,14 +459,21 @@ class AdaptiveIndex:
             self._shortlist.save(str(staging / SHORTLIST_FILE))
             self._write_array(staging, RERANK_FILE, self._store)
             self._write_array(staging, KEYS_FILE, self._keys)
+            if self._documents is not None:
+                self._documents.write(staging)
             settings = dict(self.settings, count=len(self),
                             files={name: (staging / name).stat().st_size
-                                   for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE)})
+                                   for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files()})
             write_json_atomic(staging / INDEX_JSON, settings)
         self.settings = settings
         self._path = target
         self._identities = {name: _identity(target / name) for name in (RERANK_FILE, KEYS_FILE)}
+        if self._documents is not None:
+            self._documents = DocumentStore.open(target, len(self))
         return target
+
+    def _document_files(self) -> tuple[str, ...]:
+        return (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE) if self._documents is not None else ()
 
     def _write_array(self, directory: Path, name: str, array: np.ndarray) -> None:
         source = self._path / name if self._path is not None else None
@@ -448,7 +499,8 @@ class AdaptiveIndex:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{path} is a damaged index: {str(exc).splitlines()[0]}") from None
         _check_loaded(path, settings, shortlist, store, keys)
-        return cls(settings, shortlist, store, keys, path=path.resolve(), view=view)
+        documents = DocumentStore.open(path, len(keys)) if DOCUMENTS_FILE in settings.get("files", {}) else None
+        return cls(settings, shortlist, store, keys, path=path.resolve(), view=view, documents=documents)
 
     def save_defaults(self, path: str | os.PathLike, **defaults: Any) -> None:
         """Update the tuned search defaults (shortlist_size, expansion_search, ...) of a saved index."""
@@ -467,7 +519,8 @@ class AdaptiveIndex:
                              self.settings["connectivity"], self.settings["expansion_add"],
                              self.defaults["expansion_search"], self.defaults["shortlist_size"])
         settings.update({k: v for k, v in self.settings.items() if k in ("source",)})
-        other = AdaptiveIndex(settings, new_shortlist_index(settings), self._store, self._keys)
+        other = AdaptiveIndex(settings, new_shortlist_index(settings), self._store, self._keys,
+                              documents=self._documents)
         other._path, other._identities = self._path, dict(self._identities)
         other._add_shortlist(self._store, 0, progress)
         return other
@@ -594,6 +647,125 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     del out
 
 
+
+
+# --- documents: the texts and metadata that search results show ------------------------------------
+
+def document_lines(texts: Sequence[str] | None, metadata: Sequence[Any] | None, count: int) -> list[bytes] | None:
+    """One UTF-8 JSON line per row ({"text": ..., "metadata": {...}}, either part optional), or
+    None when neither is given."""
+    import json
+
+    if texts is None and metadata is None:
+        return None
+    for what, values in (("texts", texts), ("metadata", metadata)):
+        if values is not None and len(values) != count:
+            raise InputError(f"{len(values)} {what} for {count} vectors: give exactly one per vector")
+    lines = []
+    for i in range(count):
+        row: dict[str, Any] = {}
+        if texts is not None:
+            if not isinstance(texts[i], str):
+                raise InputError(f"text {i} is {type(texts[i]).__name__}, not a string")
+            row["text"] = texts[i]
+        if metadata is not None:
+            if not isinstance(metadata[i], dict):
+                raise InputError(f"metadata {i} is {type(metadata[i]).__name__}, not a JSON object")
+            row["metadata"] = metadata[i]
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n")
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"metadata {i} cannot be stored as JSON: {exc}") from None
+    return lines
+
+
+def read_metadata(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A JSONL file of per-row metadata: one JSON object per line (blank lines are refused: they
+    would shift every later row)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"metadata file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise InputError(f"{path} line {number} is not JSON (one JSON object per line)") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path} line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+class DocumentStore:
+    """Per-row documents of an index: documents.jsonl (one JSON line per row, row i belongs to
+    keys.npy[i]) and documents.offsets.npy (N+1 int64 byte offsets). Saved rows are read on
+    demand (offsets memory-mapped, lines by pread from a descriptor held open, so a later save
+    over the directory does not pull the data away); rows added since are held in memory."""
+
+    def __init__(self, added: list[bytes] | None = None):
+        self._fd: int | None = None
+        self._offsets: np.ndarray = np.zeros(1, dtype=np.int64)
+        self._added: list[bytes] = list(added or [])
+
+    @classmethod
+    def open(cls, directory: Path, count: int) -> "DocumentStore":
+        store = cls()
+        try:
+            store._offsets = np.load(directory / DOCUMENT_OFFSETS_FILE, mmap_mode="r")
+            store._fd = os.open(directory / DOCUMENTS_FILE, os.O_RDONLY)
+            size = os.fstat(store._fd).st_size
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{directory} has a damaged document store: {str(exc).splitlines()[0]}") from None
+        if store._offsets.shape != (count + 1,) or int(store._offsets[-1]) != size:
+            raise ArtifactError(f"{directory}: the document store does not match the index's {count} vectors")
+        return store
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1 + len(self._added)
+
+    def extend(self, lines: list[bytes]) -> None:
+        self._added.extend(lines)
+
+    def get(self, rows: Iterable[int]) -> list[dict[str, Any]]:
+        import json
+
+        saved = len(self._offsets) - 1
+        out = []
+        for row in (int(r) for r in rows):
+            if row < saved:
+                start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+                line = os.pread(self._fd, end - start, start)
+            else:
+                line = self._added[row - saved]
+            out.append(json.loads(line))
+        return out
+
+    def write(self, directory: Path) -> None:
+        """Both files into `directory`: the saved lines copied in chunks, then the added ones."""
+        saved = len(self._offsets) - 1
+        with open(directory / DOCUMENTS_FILE, "wb") as out:
+            position = 0
+            end = int(self._offsets[-1])
+            while position < end:
+                block = os.pread(self._fd, min(1 << 24, end - position), position)
+                if not block:
+                    raise ArtifactError("the document store's file was truncated while saving")
+                out.write(block)
+                position += len(block)
+            for line in self._added:
+                out.write(line)
+        sizes = np.fromiter((len(line) for line in self._added), dtype=np.int64, count=len(self._added))
+        offsets = np.concatenate([np.asarray(self._offsets[:saved + 1], dtype=np.int64),
+                                  int(self._offsets[-1]) + np.cumsum(sizes)])
+        np.save(directory / DOCUMENT_OFFSETS_FILE, offsets)
 
 
 # --- tuning ---------------------------------------------------------------------------------------

@@ -352,3 +352,71 @@ def test_onnxruntime_imports_after_an_index_is_used():
             "AdaptiveIndex.build(np.eye(16, dtype=np.float32) + 0.1, shortlist_dim=8); import onnxruntime; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# --- documents: texts and metadata kept beside the vectors ------------------------------------------
+
+def test_documents_stay_aligned_with_keys_through_save_load_add_and_tune(data, tmp_path):
+    from mrl_deploy.retrieval import DOCUMENTS_FILE, apply_recommendation, tune
+
+    corpus = data["corpus"][:300]
+    keys = np.arange(300)[::-1] * 7 + 5              # not row numbers: lookups go through the keys
+    texts = [f"text of row {i} \u00e9\u4e2d\n" for i in range(300)]
+    meta = [{"row": i, "tags": ["a"] * (i % 3)} for i in range(300)]
+    index = AdaptiveIndex.build(corpus, shortlist_dim=16, keys=keys, texts=texts, metadata=meta)
+
+    def check(ix, rows):
+        ids, _ = ix.search(corpus[rows], k=3)
+        documents = ix.documents(ids)
+        assert len(documents) == len(rows) and all(len(d) == 3 for d in documents)
+        for id_row, doc_row in zip(ids, documents):
+            for key, document in zip(id_row, doc_row):
+                row = int(np.flatnonzero(ix.keys == key)[0])
+                expected = {"text": texts[row], "metadata": meta[row]} if row < 300 else extra[row - 300]
+                assert document == expected
+
+    extra = [{"text": "added one", "metadata": {"new": 1}}, {"text": "added two", "metadata": {"new": 2}}]
+    check(index, [0, 5, 299])
+    assert index.documents([[-1, 123456]]) == [[None, None]]
+    index.save(tmp_path / "ix")
+    loaded = AdaptiveIndex.load(tmp_path / "ix", view=False)
+    assert loaded.has_documents and (tmp_path / "ix" / DOCUMENTS_FILE).stat().st_size > 0
+    check(loaded, [1, 150])
+    loaded.add(corpus[:2] + 0.05, texts=["added one", "added two"], metadata=[{"new": 1}, {"new": 2}])
+    assert loaded.documents([[int(loaded.keys[-1])]]) == [[extra[1]]]
+    loaded.save(tmp_path / "ix")                       # over the directory its saved rows are read from
+    again = AdaptiveIndex.load(tmp_path / "ix", view=True)
+    assert len(again) == 302
+    assert again.documents(again.keys[[0, 300, 301]][None]) == [[{"text": texts[0], "metadata": meta[0]}, *extra]]
+    tuned = tune(again, data["queries"][:20], k=5, recall=0.5, dims=[8], shortlist_sizes=[50], expansions=[64],
+                 repeats=1)
+    apply_recommendation(again, tuned, tmp_path / "ix")   # another Ds: a new shortlist, the same documents
+    assert AdaptiveIndex.load(tmp_path / "ix").documents(again.keys[[2, 301]][None]) == [
+        [{"text": texts[2], "metadata": meta[2]}, extra[1]]]
+
+
+def test_documents_errors(data, tmp_path):
+    corpus = data["corpus"][:20]
+    with pytest.raises(InputError, match="3 texts for 20 vectors"):
+        AdaptiveIndex.build(corpus, shortlist_dim=16, texts=["a", "b", "c"])
+    with pytest.raises(InputError, match="metadata 1 is list"):
+        AdaptiveIndex.build(corpus, shortlist_dim=16, metadata=[{}, [1]] + [{}] * 18)
+    with pytest.raises(InputError, match="cannot be stored as JSON"):
+        AdaptiveIndex.build(corpus, shortlist_dim=16, metadata=[{"x": float("nan")}] * 20)
+    with_texts = AdaptiveIndex.build(corpus, shortlist_dim=16, texts=[str(i) for i in range(20)])
+    with pytest.raises(InputError, match="give them for the new vectors too"):
+        with_texts.add(corpus[:1] + 0.1)
+    plain = AdaptiveIndex.build(corpus, shortlist_dim=16)
+    assert not plain.has_documents and plain.documents([[0, 1]]) == [[None, None]]
+    with pytest.raises(InputError, match="no document store"):
+        plain.add(corpus[:1] + 0.1, texts=["x"])
+    with_texts.save(tmp_path / "ix")
+    with open(tmp_path / "ix" / "documents.jsonl", "ab") as handle:   # a damaged store is refused on load
+        handle.write(b"{}\n")
+    with pytest.raises(ArtifactError):
+        AdaptiveIndex.load(tmp_path / "ix")
+    (tmp_path / "meta.jsonl").write_text('{"a": 1}\n[2]\n')
+    from mrl_deploy.retrieval import read_metadata
+
+    with pytest.raises(InputError, match="line 2 is not a JSON object"):
+        read_metadata(tmp_path / "meta.jsonl")
