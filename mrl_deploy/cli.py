@@ -504,7 +504,8 @@ def _progress(label: str):
 
 
 def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_size: int):
-    """Embed an INPUTS file with an artifact in chunks, with a progress bar; returns (vectors, artifact path)."""
+    """Embed an INPUTS file with an artifact in chunks, with a progress bar; returns (vectors,
+    artifact path, the texts or None)."""
     from .artifact import Artifact, load_inputs
     from .retrieval import encode_inputs
     from .runtimes import resolve_runtime
@@ -516,7 +517,7 @@ def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_s
     with _progress("embedding") as report:
         vectors = encode_inputs(artifact, data, dim, chunk=max(batch_size, 1024), runtime=runtime,
                                 batch_size=batch_size, progress=report)
-    return vectors, artifact.path.resolve()
+    return vectors, artifact.path.resolve(), data if artifact.is_text else None
 
 
 @app.command("index")
@@ -535,6 +536,7 @@ def index_command(
     expansion_search: int = typer.Option(64, "--expansion-search", help="Default HNSW search width (a larger shortlist size widens it)."),
     shortlist_size: int = typer.Option(200, "--shortlist-size", help="Default shortlist size k' of `search` (`tune --save` can change it)."),
     append: bool = typer.Option(False, "--append", help="Add the vectors to the existing index at --output (its settings stay; the other index options are ignored)."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="Per-row metadata, a JSONL file (one JSON object per vector, in order) kept beside the vectors and returned by search. Texts embedded from a .txt INPUTS are kept the same way."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding DIR INPUTS: torch, ort-cpu, ... (default: the best available)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call when embedding."),
     json_out: bool = typer.Option(False, "--json", help="Print the index summary (sizes, bytes, build time) as JSON."),
@@ -549,25 +551,28 @@ def index_command(
 
     if (vectors is None) == (artifact_dir is None and inputs is None):
         raise MRLDeployError("give --vectors FILE.npy, or an artifact DIR and its INPUTS (not both)")
-    source = None
+    from .retrieval import read_metadata
+
+    source, texts = None, None
     if vectors is not None:
         data = _load_vectors(vectors, "--vectors")
     else:
         if artifact_dir is None or inputs is None:
             raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
-        data, artifact_path = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
+        data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
         source = {"artifact": str(artifact_path), "inputs": str(inputs)}
+    rows = read_metadata(metadata) if metadata is not None else None
     ids = _load_vectors(keys, "--keys") if keys is not None else None
     started = time.perf_counter()
     with _progress("indexing") as report:
         if append:
             index = AdaptiveIndex.load(output, view=False)
-            index.add(data, ids, progress=report)
+            index.add(data, ids, progress=report, texts=texts, metadata=rows)
         else:
             index = AdaptiveIndex.build(data, shortlist_dim=shortlist_dim, rerank_dim=rerank_dim, dtype=dtype,
                                         rerank_dtype=rerank_dtype, keys=ids, connectivity=connectivity,
                                         expansion_add=expansion_add, expansion_search=expansion_search,
-                                        shortlist_size=shortlist_size, progress=report)
+                                        shortlist_size=shortlist_size, progress=report, texts=texts, metadata=rows)
             if source:
                 index.settings["source"] = source
     seconds = time.perf_counter() - started
@@ -619,7 +624,7 @@ def search(
         source = artifact_dir or (index.settings.get("source") or {}).get("artifact")
         if source is None:
             raise MRLDeployError(f"{index_dir} was built from vectors: give --artifact DIR to embed --texts")
-        vectors, _ = _embed_with_progress(Path(source), texts, index.full_dim, runtime, 64)
+        vectors, _, _ = _embed_with_progress(Path(source), texts, index.full_dim, runtime, 64)
     started = time.perf_counter()
     ids, scores = index.search(vectors, k, shortlist_size=shortlist, funnel=funnel, exact=exact,
                                expansion_search=expansion_search)
@@ -627,6 +632,8 @@ def search(
     mode = "exact" if exact else (funnel or f"{index.shortlist_dim}:{shortlist or index.defaults['shortlist_size']},{index.rerank_dim}:{k}")
     result = {"queries": len(ids), "k": k, "mode": mode, "seconds": seconds, "qps": len(ids) / seconds,
               "ids": ids, "scores": scores}
+    if index.has_documents:
+        result["documents"] = index.documents(ids)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp.npz")
@@ -640,6 +647,17 @@ def search(
         console.print(f"[green]wrote[/green] {output}", highlight=False)
 
 
+def _document_text(document, width: int = 80) -> str:
+    """': text' (shortened, escaped for rich) of a stored document, or its metadata."""
+    from rich.markup import escape
+
+    if not document:
+        return ""
+    text = document.get("text")
+    text = " ".join(text.split()) if text is not None else json.dumps(document.get("metadata"), ensure_ascii=False)
+    return ": " + escape(text if len(text) <= width else text[:width - 3] + "...")
+
+
 def _print_search(result: dict, show: int) -> None:
     from rich.table import Table
 
@@ -647,9 +665,11 @@ def _print_search(result: dict, show: int) -> None:
                         f"{result['seconds'] * 1000:.1f} ms, {result['qps']:,.0f} queries/s")
     table.add_column("query", justify="right")
     table.add_column("ids (score)")
+    documents = result.get("documents")
     for i in range(min(show, result["queries"])):
-        cells = [f"{int(d)} ({s:.3f})" for d, s in zip(result["ids"][i], result["scores"][i]) if d >= 0]
-        table.add_row(str(i), ", ".join(cells))
+        cells = [f"{int(d)} ({s:.3f})" + _document_text(documents[i][j] if documents else None)
+                 for j, (d, s) in enumerate(zip(result["ids"][i], result["scores"][i])) if d >= 0]
+        table.add_row(str(i), ("\n" if documents else ", ").join(cells))
     console.print(table)
 
 
@@ -718,6 +738,76 @@ def _print_tune(report: dict, saved_to) -> None:
                       f"HNSW width {best['expansion_search']}: recall@{report['k']} {best['recall']:.4f} at "
                       f"{best['qps']:,.0f} QPS" + (f"; [green]saved[/green] as the default of {saved_to}" if saved_to else
                                                  " (--save makes it the index default)"), highlight=False)
+
+
+# --- serving: serve ------------------------------------------------------------------------
+# (serving commands)
+@app.command()
+def serve(
+    artifact_dir: Path = typer.Argument(..., help="The artifact to serve."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", help="An index (`mrl-deploy index`, built with this artifact) for /v1/search; default: none (/v1/search answers 404)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 listens on every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port to listen on."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="ort-cpu, ort-cuda, ort-trt, tensorrt or torch (default: the best available here)."),
+    variant: str = typer.Option("fp32", "--variant", help="Model variant to run: fp32, fp16, int8 (those the artifact has)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (default: its own choice, the core count)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most items in one runtime call: concurrent requests are merged up to this (1 turns dynamic batching off)."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Most milliseconds a request waits for others to share its runtime call (a request with no other on its way never waits)."),
+    max_queue: int = typer.Option(1024, "--max-queue", help="Items waiting for the model past which requests are refused at once with 503 and Retry-After."),
+    max_request_items: int = typer.Option(2048, "--max-request-items", help="Most inputs in one request (more: 413)."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body in MiB (larger: 413)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding the API key: every endpoint but /health then needs `Authorization: Bearer <key>`. Default: no key. The key is never printed or logged."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="The model name clients send and see (default: the artifact directory's name)."),
+) -> None:
+    """Serve an artifact over HTTP: OpenAI /v1/embeddings (with dimensions), TEI /embed, /v1/classify (cascade), /v1/search (with --index), /health, /info, /metrics; dynamic batching and backpressure. SIGTERM drains and exits 0.
+
+    Example: mrl-deploy serve artifacts/minilm --index docs.index --port 8080
+    """
+    import logging
+    import os
+
+    from .artifact import Artifact
+    from .errors import require
+    from .runtimes import resolve_runtime
+
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require(module, "serve", "mrl-deploy serve")
+    if not 0 < port < 65536:
+        raise MRLDeployError(f"--port must be between 1 and 65535, got {port}")
+    if threads is not None and threads < 1:
+        raise MRLDeployError(f"--threads must be >= 1, got {threads}")
+    if not 0 < max_body_mb <= 4096:
+        raise MRLDeployError(f"--max-body-mb must be between 0 and 4096, got {max_body_mb}")
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise MRLDeployError(f"--api-key-env {api_key_env}: that environment variable is not set or is empty")
+    artifact = Artifact.load(artifact_dir, verify=False)   # checksums are checked while the server loads
+    runtime = resolve_runtime(runtime, artifact, variant)
+    if runtime != "tensorrt":
+        artifact.model_file(variant)    # a variant the artifact lacks: fail now, not while loading
+    from .serve import create_app, run_server
+
+    index = None
+    if index_dir is not None:
+        from .retrieval import AdaptiveIndex
+
+        index = AdaptiveIndex.load(index_dir, view=True)
+    app = create_app(artifact_dir, index, model_name=model_name, runtime=runtime, variant=variant, threads=threads,
+                     max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                     max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("mrl_deploy.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    name = app.state.mrl.model_name
+    console.print(f"serving {artifact_dir} as {name!r} on http://{host}:{port} (runtime {runtime}, {variant}"
+                  + (f"; index {index_dir}, {len(index):,} vectors" if index is not None else "")
+                  + ("; API key required" if api_key else "") + ")", highlight=False)
+    run_server(app, host, port)
+    console.print("stopped", highlight=False)
 
 
 # --- benchmarks: bench ----------------------------------------------------------------------

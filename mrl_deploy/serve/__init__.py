@@ -1,0 +1,16 @@
+"""`mrl-deploy serve`: an HTTP server for embeddings, cascades and adaptive search (FastAPI +
+uvicorn, the `serve` extra). Nothing outside this package imports it.
+
+    from mrl_deploy.serve import create_app, run_server
+    app = create_app("artifacts/minilm", index=None, max_batch=64)
+    run_server(app, "127.0.0.1", 8080)
+
+app.py: create_app (routes, request models, error mapping) and run_server; batcher.py: dynamic
+batching (Batcher, LocalBackend, run_batch: the backend seam); metrics.py: Prometheus metrics.
+"""
+
+from .app import ApiError, create_app, run_server
+from .batcher import TOKENS, Backend, Batcher, LocalBackend, Overloaded, run_batch
+
+__all__ = ["ApiError", "Backend", "Batcher", "LocalBackend", "Overloaded", "TOKENS", "create_app", "run_batch",
+           "run_server"]
