@@ -563,13 +563,19 @@ def test_batcher_splits_merges_and_does_not_wait_for_nobody():
         assert result["double"][:, 0].tolist() == [20 * i, 20 * i + 2]
 
 
-def test_batcher_errors_reach_every_caller_of_the_batch_and_the_queue_is_bounded():
-    def failing(items, outputs):
-        raise RuntimeError("runtime exploded")
+def test_batcher_errors_reach_only_their_caller_and_the_queue_is_bounded():
+    calls = []
+
+    def failing_on_13(items, outputs):
+        calls.append(list(items))
+        if 13 in items:
+            raise RuntimeError("runtime exploded")
+        return {"x": np.array(items)[:, None]}
 
     async def main():
-        batcher = Batcher(failing, max_batch=8, max_delay=0.05, max_queue=4)
-        outcomes = await asyncio.gather(*[batcher.run([i], ["x"]) for i in range(3)], return_exceptions=True)
+        batcher = Batcher(failing_on_13, max_batch=8, max_delay=0.05, max_queue=4)
+        outcomes = await asyncio.gather(*[batcher.run(items, ["x"]) for items in ([1, 2], [13], [3])],
+                                        return_exceptions=True)
         with pytest.raises(Overloaded):
             await asyncio.gather(*[batcher.run([i], ["x"]) for i in range(6)])
         await batcher.close()
@@ -578,7 +584,9 @@ def test_batcher_errors_reach_every_caller_of_the_batch_and_the_queue_is_bounded
         return outcomes
 
     outcomes = run(main())
-    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert calls[0] == [1, 2, 13, 3]                  # one batch, which failed; then each part alone
+    assert outcomes[0]["x"][:, 0].tolist() == [1, 2] and outcomes[2]["x"][:, 0].tolist() == [3]
+    assert isinstance(outcomes[1], RuntimeError)
 
 
 # --- fuzz --------------------------------------------------------------------------------------------

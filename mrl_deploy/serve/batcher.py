@@ -195,10 +195,14 @@ class Batcher:
         started = time.perf_counter()
         try:
             result = await loop.run_in_executor(self._executor, self.call, items, outputs)
-        except Exception as exc:   # every caller in the batch gets the error
-            for job, _, _ in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0][0].future.done():
+                    batch[0][0].future.set_exception(exc)
+                return
+            # one caller's input must not fail the others: each part again on its own
+            for part in batch:
+                await self._execute(loop, [part])
             return
         seconds = time.perf_counter() - started
         self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * seconds / len(items)
