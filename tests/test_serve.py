@@ -535,6 +535,20 @@ def test_concurrent_callers_each_get_their_own_rows(text):
     assert batches >= items / 16
 
 
+def test_a_lone_request_does_not_wait_for_the_batching_delay(tiny):
+    """The app tells the batcher how many requests are on their way: with none, a batch goes at
+    once instead of waiting --max-delay-ms (5 s here) for company."""
+    async def main():
+        async with serving(create_app(tiny, max_delay_ms=5000)) as client:
+            started = time.monotonic()
+            for _ in range(3):
+                response = await client.post("/v1/embeddings", json={"input": [[0.3] * 20]})
+                assert response.status_code == 200
+            return time.monotonic() - started
+
+    assert run(main()) < 3.0
+
+
 def test_batcher_splits_merges_and_does_not_wait_for_nobody():
     seen = []
 
