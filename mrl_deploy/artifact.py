@@ -9,6 +9,7 @@ Needs numpy and onnxruntime (and tokenizers for text models), never torch.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -25,6 +26,9 @@ class Artifact:
         self.manifest = manifest
         self._runtimes: dict[tuple, Any] = {}
         self._tokenizer = None
+        # One runtime per key even when many threads (a server's workers) ask at once: without
+        # it two threads could each create a session, and one would leak un-deactivated.
+        self._lock = threading.RLock()
 
     # --- loading -----------------------------------------------------------------------------
     @classmethod
@@ -42,8 +46,10 @@ class Artifact:
         return int(self.manifest["full_dim"])
 
     @property
-    def nesting_dims(self) -> list[int]:
-        return list(self.manifest["nesting_dims"])
+    def nesting_dims(self) -> list[int] | None:
+        """The dims the model was trained at; None where the model does not declare them."""
+        dims = self.manifest.get("nesting_dims")
+        return None if dims is None else list(dims)
 
     @property
     def exported_dims(self) -> list[int]:
@@ -86,14 +92,16 @@ class Artifact:
 
         name = resolve_runtime(name, self, variant)
         key = (name, variant, threads)
-        if key not in self._runtimes:
-            self._runtimes[key] = create_runtime(name, self, variant=variant, threads=threads).activate()
-        return self._runtimes[key]
+        with self._lock:
+            if key not in self._runtimes:
+                self._runtimes[key] = create_runtime(name, self, variant=variant, threads=threads).activate()
+            return self._runtimes[key]
 
     def close(self) -> None:
-        for runner in self._runtimes.values():
-            runner.deactivate()
-        self._runtimes.clear()
+        with self._lock:
+            for runner in self._runtimes.values():
+                runner.deactivate()
+            self._runtimes.clear()
 
     def __enter__(self) -> "Artifact":
         return self
@@ -171,10 +179,11 @@ class Artifact:
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The model's inputs for `texts` (mrl_deploy.tokenization: the code the Triton tokenizer
         model runs too)."""
-        if self._tokenizer is None:
-            require("tokenizers", "text", "text artifacts")
-            pre = self.manifest["preprocessing"]
-            self._tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre)
+        with self._lock:
+            if self._tokenizer is None:
+                require("tokenizers", "text", "text artifacts")
+                pre = self.manifest["preprocessing"]
+                self._tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre)
         feed = encode(self._tokenizer, texts)
         return {name: feed[name] for name in self.input_names}
 

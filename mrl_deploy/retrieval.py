@@ -13,7 +13,8 @@ re-normalised, is z[:m] / ||z[:m]|| for any m <= Dr). Keys are non-negative int6
 missing results (a graph that returns fewer candidates than asked) are id -1, score NaN.
 
 The index directory (written atomically: a temp sibling renamed into place):
-  index.json          settings (dims, dtypes, graph parameters), tuned search defaults, file sizes
+  index.json          settings (dims, dtypes, graph parameters), tuned search defaults, each file's
+                      size and sha256 (load checks the sizes; load(verify=True) the hashes)
   shortlist.usearch   the usearch HNSW index over the Ds-dim prefixes; its keys are row numbers
   rerank.npy          N x Dr rerank store (f16 by default), read memory-mapped: the full vectors
                       need not sit in RAM. Row i belongs to keys.npy[i] (usearch's own file keeps
@@ -41,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ArtifactError, InputError, require
-from .manifest import read_description, staged_directory, write_json_atomic
+from .manifest import read_description, sha256_file, staged_directory, write_json_atomic
 
 FORMAT = "mrl-deploy-index"
 FORMAT_VERSION = 1
@@ -243,15 +244,22 @@ class AdaptiveIndex:
                  *, path: Path | None = None, view: bool = False, documents: "DocumentStore | None" = None):
         self.settings = settings
         self._shortlist = shortlist
-        self._store = store
-        self._keys = keys
+        # The rerank store and keys, published together as one tuple: a search reads it once and
+        # sees a consistent pair however adds interleave (see add()).
+        self._rows = (store, keys)
         self._documents = documents    # texts / metadata per row, or None
-        self._key_order: np.ndarray | None = None   # argsort of the keys, for lookups by id
+        self._key_order: tuple | None = None   # (keys, their argsort), for lookups by id
         self._path = path              # where the store / keys files came from (unchanged since)
         # which files those were: a later save over `path` replaces them, and must not be linked
         self._identities = {name: _identity(path / name) for name in (RERANK_FILE, KEYS_FILE)} if path else {}
         self._view = view
-        self._lock = threading.Lock()  # expansion_search is index-wide state: set + search together
+        # The HNSW graph: expansion_search is index-wide state (set + search together), and usearch
+        # may grow its storage while adding, which a concurrent search must not see half done.
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one add() or save() at a time: keys and row numbers
+
+    _store = property(lambda self: self._rows[0])
+    _keys = property(lambda self: self._rows[1])
 
     # --- what it holds ---------------------------------------------------------------------------
     shortlist_dim = property(lambda self: int(self.settings["shortlist_dim"]))
@@ -276,13 +284,16 @@ class AdaptiveIndex:
         ids = np.asarray(ids, dtype=np.int64)
         flat = ids.reshape(-1)
         found: list = [None] * len(flat)
-        if self._documents is not None and len(self._keys):
-            if self._key_order is None:
-                self._key_order = np.argsort(self._keys, kind="stable")
-            sorted_keys = self._keys[self._key_order]
+        keys = self._keys   # one snapshot: an add() may publish new keys meanwhile
+        if self._documents is not None and len(keys):
+            cached = self._key_order
+            if cached is None or cached[0] is not keys:
+                cached = self._key_order = (keys, np.argsort(keys, kind="stable"))
+            order = cached[1]
+            sorted_keys = keys[order]
             at = np.minimum(np.searchsorted(sorted_keys, flat), len(sorted_keys) - 1)
             known = (flat >= 0) & (sorted_keys[at] == flat)
-            rows = self._key_order[at[known]]
+            rows = order[at[known]]
             for i, document in zip(np.flatnonzero(known), self._documents.get(rows)):
                 found[i] = document
         nested = np.empty(len(found), dtype=object)
@@ -340,33 +351,37 @@ class AdaptiveIndex:
                              "load it with view=False to add vectors")
         vectors = _as_matrix(vectors, "vectors")
         _check_vectors(vectors, self.settings)
-        start = int(self._keys.max()) + 1 if len(self._keys) else 0
-        keys = _check_keys(np.arange(start, start + len(vectors)) if keys is None else keys, len(vectors), self._keys)
         lines = document_lines(texts, metadata, len(vectors))
         if (lines is None) != (self._documents is None):
             raise InputError("this index keeps a text / metadata per vector: give them for the new vectors too"
                              if lines is None else
                              "this index has no document store (it was built without texts or metadata): "
                              "rebuild it with them to keep texts")
-        first = len(self._keys)
-        added = np.empty((len(vectors), self.rerank_dim), dtype=self._store.dtype)
-        for s in range(0, len(vectors), CHUNK_ROWS):
-            added[s:s + CHUNK_ROWS] = prefix(vectors[s:s + CHUNK_ROWS], self.rerank_dim)
-        self._add_shortlist(vectors, first, progress)
-        self._store = np.concatenate([self._store, added])
-        self._keys = np.concatenate([self._keys, keys])
-        self._key_order = None
-        if lines is not None:
-            self._documents.extend(lines)
-        self._path, self._identities = None, {}
-        self.settings["count"] = len(self._keys)
+        with self._write_lock:
+            store, existing = self._rows
+            start = int(existing.max()) + 1 if len(existing) else 0
+            keys = _check_keys(np.arange(start, start + len(vectors)) if keys is None else keys, len(vectors), existing)
+            first = len(existing)
+            added = np.empty((len(vectors), self.rerank_dim), dtype=store.dtype)
+            for s in range(0, len(vectors), CHUNK_ROWS):
+                added[s:s + CHUNK_ROWS] = prefix(vectors[s:s + CHUNK_ROWS], self.rerank_dim)
+            # Documents, then rows, then the graph: whatever the graph returns to a concurrent
+            # search is already in the store, the keys and the documents (a search drops graph
+            # rows past its own snapshot of the rows).
+            if lines is not None:
+                self._documents.extend(lines)
+            self._rows = (np.concatenate([store, added]), np.concatenate([existing, keys]))
+            self._path, self._identities = None, {}
+            self.settings["count"] = first + len(keys)
+            self._add_shortlist(vectors, first, progress)
         return keys
 
     def _add_shortlist(self, vectors: np.ndarray, first: int, progress: Progress | None) -> None:
         for start in range(0, len(vectors), CHUNK_ROWS):
             block = shortlist_vectors(vectors[start:start + CHUNK_ROWS], self.shortlist_dim, self.dtype)
-            self._shortlist.add(np.arange(first + start, first + start + len(block), dtype=np.uint64), block,
-                                threads=0)
+            with self._lock:  # one chunk at a time: searches wait for a chunk, not for the whole add
+                self._shortlist.add(np.arange(first + start, first + start + len(block), dtype=np.uint64), block,
+                                    threads=0)
             if progress:
                 progress(min(start + CHUNK_ROWS, len(vectors)), len(vectors))
 
@@ -379,12 +394,13 @@ class AdaptiveIndex:
         Default: HNSW shortlist of `shortlist_size` at Ds, reranked at Dr. `funnel`: stages
         (dim, size) whose first dim is Ds (the HNSW stage) and each later stage reranks the
         survivors at its dim keeping `size`. `exact`: brute force at Dr (the ground truth)."""
-        q = self._check_queries(queries, k)
+        store, keys = self._rows   # one consistent snapshot for the whole search
+        q = self._check_queries(queries, k, len(keys))
         if exact:
-            return self.exact(q, k)
-        stages = self.plan(k, shortlist_size=shortlist_size, funnel=funnel)
-        rows, scores = self._run(q, stages, expansion_search)
-        return self._ids(rows[:, :k]), scores[:, :k]
+            return self._exact(store, keys, q, k)
+        stages = self.plan(k, shortlist_size=shortlist_size, funnel=funnel, count=len(keys))
+        rows, scores = self._run(store, q, stages, expansion_search)
+        return _ids(keys, rows[:, :k]), scores[:, :k]
 
     def funnel(self, queries: Any, stages: Funnel | str, k: int | None = None,
                expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -395,12 +411,17 @@ class AdaptiveIndex:
 
     def exact(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force cosine search at Dr over the rerank store (numpy BLAS, chunked)."""
-        q = self._check_queries(queries, k)
-        rows, scores = exact_search(self._store, q[:, :self.rerank_dim], k)
-        return self._ids(rows), scores
+        store, keys = self._rows
+        return self._exact(store, keys, self._check_queries(queries, k, len(keys)), k)
 
-    def plan(self, k: int, *, shortlist_size: int | None = None, funnel: Funnel | str | None = None) -> list[tuple[int, int]]:
-        """The stages a search runs: validated (dim, size) pairs, sizes clipped to the corpus."""
+    def _exact(self, store: np.ndarray, keys: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, scores = exact_search(store, q[:, :self.rerank_dim], k)
+        return _ids(keys, rows), scores
+
+    def plan(self, k: int, *, shortlist_size: int | None = None, funnel: Funnel | str | None = None,
+             count: int | None = None) -> list[tuple[int, int]]:
+        """The stages a search runs: validated (dim, size) pairs, sizes clipped to the corpus
+        (`count` vectors; default: the index's size now)."""
         if funnel is not None and shortlist_size is not None:
             raise InputError("give a shortlist size or a funnel, not both")
         if funnel is None:
@@ -410,16 +431,19 @@ class AdaptiveIndex:
             funnel = [(self.shortlist_dim, size), (self.rerank_dim, k)]
         stages = parse_funnel(funnel) if isinstance(funnel, str) else [(int(d), int(s)) for d, s in funnel]
         _check_funnel(stages, k, self.shortlist_dim, self.rerank_dim)
-        return [(dim, min(size, len(self))) for dim, size in stages]
+        count = len(self) if count is None else count
+        return [(dim, min(size, count)) for dim, size in stages]
 
-    def _run(self, q: np.ndarray, stages: list[tuple[int, int]], expansion_search: int | None):
+    def _run(self, store: np.ndarray, q: np.ndarray, stages: list[tuple[int, int]], expansion_search: int | None):
         dim, size = stages[0]
-        rows, scores, counts = self._shortlist_search(q, size, expansion_search)
+        rows, scores, counts = self._shortlist_search(q, size, expansion_search, len(store))
         for dim, size in stages[1:]:
-            rows, scores, counts = rerank(self._store, q, rows, counts, dim, size)
+            rows, scores, counts = rerank(store, q, rows, counts, dim, size)
         return rows, scores
 
-    def _shortlist_search(self, q: np.ndarray, size: int, expansion_search: int | None):
+    def _shortlist_search(self, q: np.ndarray, size: int, expansion_search: int | None, count: int | None = None):
+        """HNSW top-`size` rows per query; rows at or past `count` (added after the caller's
+        snapshot of the store) are dropped, the rest moved to the front."""
         block = shortlist_vectors(q, self.shortlist_dim, self.dtype)
         ef = int(expansion_search or self.defaults.get("expansion_search") or DEFAULTS["expansion_search"])
         with self._lock:
@@ -429,15 +453,18 @@ class AdaptiveIndex:
         # one query gives a Matches cut to its count; a batch pads with key 0 and NaN: use counts
         counts = np.asarray(getattr(matches, "counts", [len(matches.keys)]), dtype=np.int64).reshape(-1)
         valid = np.arange(size)[None, :] < counts[:, None]
+        if count is not None:
+            valid &= keys.astype(np.int64) < count
+            if not valid.all():
+                order = np.argsort(~valid, axis=1, kind="stable")   # kept rows first, in rank order
+                keys, distances, valid = (np.take_along_axis(a, order, 1) for a in (keys, distances, valid))
+                counts = valid.sum(axis=1)
         rows = np.where(valid, keys.astype(np.int64), -1)
         scale = 2.0 / self.shortlist_dim if self.dtype == "b1" else 1.0   # hamming -> agreement in [-1, 1]
         scores = np.where(valid, 1.0 - scale * distances, np.nan).astype(np.float32)
         return rows, scores, counts
 
-    def _ids(self, rows: np.ndarray) -> np.ndarray:
-        return np.where(rows >= 0, self._keys[np.maximum(rows, 0)], -1)
-
-    def _check_queries(self, queries: Any, k: int) -> np.ndarray:
+    def _check_queries(self, queries: Any, k: int, count: int | None = None) -> np.ndarray:
         q = _as_matrix(queries, "queries")
         if not self.rerank_dim <= q.shape[1] <= self.full_dim:
             expected = self.full_dim if self.rerank_dim == self.full_dim else f"{self.rerank_dim}..{self.full_dim}"
@@ -446,8 +473,9 @@ class AdaptiveIndex:
         _check_nonzero(q, self.shortlist_dim, "query")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
-        if k > len(self):
-            raise InputError(f"k={k} is larger than the corpus ({len(self)} vectors)")
+        count = len(self) if count is None else count
+        if k > count:
+            raise InputError(f"k={k} is larger than the corpus ({count} vectors)")
         return np.asarray(q, dtype=np.float32)
 
     # --- saving and loading -----------------------------------------------------------------------
@@ -455,15 +483,20 @@ class AdaptiveIndex:
         """Write the index directory atomically; an index already at `path` stays intact until the
         new one is complete (a failure leaves it as it was)."""
         target = Path(path).resolve()
-        with staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
+        with self._write_lock, staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
+            store, keys = self._rows
             self._shortlist.save(str(staging / SHORTLIST_FILE))
-            self._write_array(staging, RERANK_FILE, self._store)
-            self._write_array(staging, KEYS_FILE, self._keys)
+            linked = [name for name, array in ((RERANK_FILE, store), (KEYS_FILE, keys))
+                      if self._write_array(staging, name, array)]
             if self._documents is not None:
                 self._documents.write(staging)
-            settings = dict(self.settings, count=len(self),
-                            files={name: (staging / name).stat().st_size
-                                   for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files()})
+            previous = self.settings.get("files", {})
+            files = {}
+            for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files():
+                known = previous.get(name) if name in linked else None  # the very same file: its hash stands
+                digest = known.get("sha256") if isinstance(known, dict) else None
+                files[name] = {"bytes": (staging / name).stat().st_size, "sha256": digest or sha256_file(staging / name)}
+            settings = dict(self.settings, count=len(keys), files=files)
             write_json_atomic(staging / INDEX_JSON, settings)
         self.settings = settings
         self._path = target
@@ -475,22 +508,29 @@ class AdaptiveIndex:
     def _document_files(self) -> tuple[str, ...]:
         return (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE) if self._documents is not None else ()
 
-    def _write_array(self, directory: Path, name: str, array: np.ndarray) -> None:
+    def _write_array(self, directory: Path, name: str, array: np.ndarray) -> bool:
+        """Write `array` as directory/name; True if it was hard-linked from the file it maps."""
         source = self._path / name if self._path is not None else None
         if source is not None and _identity(source) == self._identities.get(name):
             try:     # still the very file this array maps: a hard link instead of copying gigabytes
                 os.link(source, directory / name)
-                return
+                return True
             except OSError:
                 pass
         _save_npy(directory / name, array)
+        return False
 
     @classmethod
-    def load(cls, path: str | os.PathLike, view: bool = True) -> "AdaptiveIndex":
+    def load(cls, path: str | os.PathLike, view: bool = True, verify: bool = False) -> "AdaptiveIndex":
         """Open an index directory. view=True memory-maps the HNSW file (read-only, instant);
-        view=False reads it into RAM (then add() works). The rerank store is memory-mapped."""
+        view=False reads it into RAM (then add() works). The rerank store is memory-mapped.
+
+        Every load checks index.json and each file's size (cheap at any size); verify=True also
+        checks each file's sha256 against index.json (reads every byte: seconds per GB)."""
         path = Path(path)
         settings = read_settings(path)
+        if verify:
+            verify_index_files(path, settings)
         usearch = _usearch()
         try:
             shortlist = usearch.Index.restore(str(path / SHORTLIST_FILE), view=view)
@@ -524,6 +564,11 @@ class AdaptiveIndex:
         other._path, other._identities = self._path, dict(self._identities)
         other._add_shortlist(self._store, 0, progress)
         return other
+
+
+def _ids(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """User ids of store rows (-1 stays -1)."""
+    return np.where(rows >= 0, keys[np.maximum(rows, 0)], -1)
 
 
 def _padded(values: np.ndarray, size: int) -> np.ndarray:
@@ -607,13 +652,29 @@ def read_settings(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file} is not an mrl-deploy index description")
     if settings.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{path} has index format {settings['format_version']}; upgrade mrl-deploy")
-    for name, size in settings.get("files", {}).items():
+    for name, entry in settings.get("files", {}).items():
+        size = entry["bytes"] if isinstance(entry, dict) else entry   # older indexes: the size alone
         if not (path / name).is_file():
             raise ArtifactError(f"index file missing: {path / name}")
         if (path / name).stat().st_size != size:
             raise ArtifactError(f"{path / name} has {((path / name).stat().st_size)} bytes, expected {size}: "
                                 "the file was truncated or replaced")
     return settings
+
+
+def verify_index_files(path: Path, settings: dict[str, Any]) -> None:
+    """Each file's sha256 against index.json. An index saved before hashes were recorded has
+    sizes only: it still loads, with a warning that only sizes were checked."""
+    import warnings
+
+    files = settings.get("files", {})
+    unhashed = [name for name, entry in files.items() if not (isinstance(entry, dict) and entry.get("sha256"))]
+    if unhashed or not files:
+        warnings.warn(f"{path} records no checksums (saved by an older mrl-deploy): only file sizes were "
+                      "checked; save it again to record them", UserWarning, stacklevel=3)
+    for name, entry in files.items():
+        if name not in unhashed and sha256_file(path / name) != entry["sha256"]:
+            raise ArtifactError(f"checksum mismatch for {path / name}: the file was modified or corrupted")
 
 
 def _check_loaded(path: Path, settings: dict[str, Any], shortlist: Any, store: np.ndarray, keys: np.ndarray) -> None:

@@ -160,6 +160,58 @@ def test_damaged_or_foreign_directories(index, tmp_path):
         AdaptiveIndex.load(path)
 
 
+def _flip_a_byte(path, offset=-3):
+    """Change one byte in place: same size, so only a hash can tell."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_checksums_recorded_and_verified(data, index, tmp_path):
+    import hashlib
+
+    path = index.save(tmp_path / "index")
+    files = json.loads((path / "index.json").read_text())["files"]
+    assert set(files) == {"shortlist.usearch", "rerank.npy", "keys.npy"}
+    for name, entry in files.items():   # against hashlib, not the module's own helper
+        assert entry["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+        assert entry["bytes"] == (path / name).stat().st_size
+    AdaptiveIndex.load(path, verify=True)
+    # a hard-linked save (a view saved elsewhere) records the same hashes
+    copy = AdaptiveIndex.load(path).save(tmp_path / "copy")
+    assert json.loads((copy / "index.json").read_text())["files"] == files
+    np.save(tmp_path / "q.npy", data["queries"])
+    assert run_cli("search", copy, "--queries", tmp_path / "q.npy", "--verify", "--json").returncode == 0
+    _flip_a_byte(path / "rerank.npy")
+    AdaptiveIndex.load(path)   # the cheap default checks sizes only: the change goes unseen
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for .*rerank\.npy") as info:
+        AdaptiveIndex.load(path, verify=True)
+    assert "\n" not in str(info.value)
+    for command in ("search", "tune"):
+        result = run_cli(command, path, "--queries", tmp_path / "q.npy", "--verify")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines() == [l for l in result.stderr.splitlines() if l.startswith("error:")]
+        assert "checksum mismatch" in result.stderr
+
+
+def test_indexes_without_checksums_still_load(data, index, tmp_path):
+    path = index.save(tmp_path / "old")
+    settings = json.loads((path / "index.json").read_text())
+    settings["files"] = {name: entry["bytes"] for name, entry in settings["files"].items()}  # as saved before
+    (path / "index.json").write_text(json.dumps(settings))
+    assert len(AdaptiveIndex.load(path)) == 2000
+    with pytest.warns(UserWarning, match="records no checksums.*only file sizes were checked"):
+        AdaptiveIndex.load(path, verify=True)
+    np.save(tmp_path / "q.npy", data["queries"])
+    result = run_cli("search", path, "--queries", tmp_path / "q.npy", "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "records no checksums" in result.stderr
+    with open(path / "keys.npy", "r+b") as handle:   # sizes are still checked
+        handle.truncate(100)
+    with pytest.raises(ArtifactError, match="truncated"):
+        AdaptiveIndex.load(path)
+
+
 # --- errors ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, message", [
@@ -207,6 +259,56 @@ def test_concurrent_searches_equal_serial_ones(data, index):
     for i, (ids, scores) in zip(jobs, results):
         np.testing.assert_array_equal(ids, serial[i][0])
         np.testing.assert_array_equal(scores, serial[i][1])
+
+
+def test_searches_while_vectors_are_added(data):
+    """Threads searching while others add: no search fails, and every id returned is one the
+    index holds (added before the search ended)."""
+    import threading
+
+    index = AdaptiveIndex.build(data["corpus"][:500], shortlist_dim=16, dtype="f32")
+    extra = mrl_like(3000, stream=5)
+    batches = np.array_split(extra, 30)
+    errors, returned, done = [], [], threading.Event()
+
+    def add(part):
+        try:
+            for batch in part:
+                index.add(batch)
+        except Exception as exc:  # noqa: BLE001 - any failure fails the test
+            errors.append(exc)
+
+    def search(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                queries = extra[rng.integers(0, len(extra), 16)]
+                ids, scores = index.search(queries, k=5, shortlist_size=40)
+                returned.append(ids)
+                assert np.isfinite(scores[ids >= 0]).all()
+                ids, _ = index.search(queries, k=5, exact=True)
+                returned.append(ids)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    searchers = [threading.Thread(target=search, args=(i,)) for i in range(4)]
+    adders = [threading.Thread(target=add, args=(batches[i::2],)) for i in range(2)]
+    for thread in searchers + adders:
+        thread.start()
+    for thread in adders:
+        thread.join()
+    done.set()
+    for thread in searchers:
+        thread.join()
+    assert not errors, errors[:3]
+    assert len(index) == 3500 and len(np.unique(index.keys)) == 3500
+    assert len(returned) > 10
+    found = np.concatenate([ids.ravel() for ids in returned])
+    assert np.isin(found[found >= 0], index.keys).all()
+    # after the adds, every added vector is findable: the store, keys and graph agree
+    ids, _ = index.search(extra[:50], k=1, shortlist_size=40)
+    rows = np.searchsorted(index.keys, ids[:, 0])
+    np.testing.assert_allclose(index._store[rows].astype(np.float32), prefix(extra[:50], 64), atol=2e-3)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
