@@ -603,6 +603,7 @@ def search(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write ids, scores and timing to this .npz."),
     show: int = typer.Option(5, "--show", help="Queries shown in the table (without --json)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding --texts (default: the best available)."),
+    verify: bool = typer.Option(False, "--verify", help="Check every index file's sha256 before searching (reads every byte; default: sizes only)."),
     json_out: bool = typer.Option(False, "--json", help="Print ids, scores, seconds and QPS as JSON."),
 ) -> None:
     """Search an index: HNSW shortlist at Ds, rerank at Dr (or a --funnel, or --exact).
@@ -617,7 +618,7 @@ def search(
 
     if (queries is None) == (texts is None):
         raise MRLDeployError("give --queries FILE.npy or --texts FILE (embedded with the artifact), exactly one")
-    index = AdaptiveIndex.load(index_dir, view=True)
+    index = AdaptiveIndex.load(index_dir, view=True, verify=verify)
     if queries is not None:
         vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
     else:
@@ -685,6 +686,7 @@ def tune(
     expansions: Optional[str] = typer.Option(None, "--expansions", help="HNSW search widths to sweep (default: 64,128,256,512; widths below a shortlist size act as that size)."),
     repeats: int = typer.Option(2, "--repeats", help="Timed runs per setting (the best is kept)."),
     save: bool = typer.Option(False, "--save", help="Make the recommended setting the index's default (rebuilding its shortlist index if Ds or dtype change)."),
+    verify: bool = typer.Option(False, "--verify", help="Check every index file's sha256 before tuning (reads every byte; default: sizes only)."),
     json_out: bool = typer.Option(False, "--json", help="Print every measured point, the Pareto frontier and the recommendation as JSON."),
 ) -> None:
     """Sweep Ds, shortlist size, HNSW search width and dtype against exact ground truth; print the Pareto frontier of recall@k vs QPS vs bytes per vector and recommend the fastest setting that meets --recall.
@@ -696,7 +698,7 @@ def tune(
     from .dims import parse_dims
     from .retrieval import AdaptiveIndex, apply_recommendation, tune as run_tune
 
-    index = AdaptiveIndex.load(index_dir, view=not save)
+    index = AdaptiveIndex.load(index_dir, view=not save, verify=verify)
     vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
     numbers = lambda text: parse_dims(text) if text else None  # noqa: E731
     with console.status("tuning...") as status:
