@@ -86,12 +86,17 @@ def verify_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> None
 
 
 def record_files(directory: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Fill manifest['files'] with the sha256 of every file in the directory but mrl.json."""
+    """Fill manifest['files'] with the sha256 of every file in the directory but mrl.json.
+
+    Hidden files and everything under a hidden directory are left out: they are temporaries
+    (staged engines, atomic-write temp files) or a runtime's cache (an ONNX Runtime TensorRT
+    `.trt_cache/` from an older mrl-deploy), which change after export and would then fail the
+    checksums."""
     directory = Path(directory)
+    relative = {path: path.relative_to(directory) for path in sorted(directory.rglob("*")) if path.is_file()}
     manifest["files"] = {
-        str(path.relative_to(directory)): sha256_file(path)
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
+        str(name): sha256_file(path) for path, name in relative.items()
+        if name != Path(MANIFEST_NAME) and not any(part.startswith(".") for part in name.parts)
     }
 
 

@@ -28,7 +28,7 @@ the whole pipeline (tokens -> encoder -> adapter), so an export holds everything
 
 Text adapters embed the corpus once with the frozen encoder (max_seq_length 128 by default: ~7
 docs/s on 2 cores) and cache the vectors per text under ~/.cache/mrl-deploy/embeddings
-($MRL_DEPLOY_CACHE overrides), keyed by the encoder's files and max_seq_length.
+($MRL_DEPLOY_CACHE overrides), keyed by the encoder's file contents (sha256) and max_seq_length.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cache import cache_dir
 from .data import Dataset, load_dataset, split_dataset
 from .dims import parse_dims
 from .errors import DataError, DimsError, SourceError, require
@@ -258,19 +259,25 @@ def default_encoder_path() -> Path:
     return Path(package.get_model_path())
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("MRL_DEPLOY_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mrl-deploy"
+_ENCODER_DIGESTS: dict[tuple, str] = {}
 
 
 def _encoder_key(encoder_path: Path, max_seq_length: int) -> str:
-    """The encoder's identity without hashing its weights: its files' names and sizes."""
-    digest = hashlib.sha256(f"{encoder_path.name}|{max_seq_length}".encode())
-    for item in sorted(p for p in encoder_path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(encoder_path)}:{item.stat().st_size}".encode())
-    return digest.hexdigest()[:20]
+    """The encoder's identity: the sha256 of its files' contents (names, sizes and dates would let
+    weights saved in place over the old ones, same size, reuse stale embeddings), and
+    max_seq_length. Hashing MiniLM's 90 MB takes a fraction of a second; it is done once per
+    process per directory, again only if a file's size or modification time changed."""
+    from .manifest import sha256_file
+
+    files = sorted(p for p in encoder_path.rglob("*") if p.is_file())
+    state = tuple((str(p.relative_to(encoder_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    memo = (str(encoder_path.resolve()), state)
+    if memo not in _ENCODER_DIGESTS:
+        digest = hashlib.sha256()
+        for item, (name, _, _) in zip(files, state):
+            digest.update(f"{name}:{sha256_file(item)}\n".encode())
+        _ENCODER_DIGESTS[memo] = digest.hexdigest()
+    return hashlib.sha256(f"{_ENCODER_DIGESTS[memo]}|{max_seq_length}".encode()).hexdigest()[:20]
 
 
 def _text_key(text: str) -> bytes:

@@ -131,13 +131,32 @@ class OrtTensorrtRuntime(OrtRuntime):
     binding_device = "cuda"
 
     def provider_list(self) -> list:
-        cache = str(self.model_path.parent / ".trt_cache")
+        cache = engine_cache_dir(self.artifact, self.variant, self.model_path)
+        cache.mkdir(parents=True, exist_ok=True)  # the provider creates the last level only
         fp16 = self.variant == "fp16"
         return [
-            ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_fp16_enable": fp16}),
+            ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": fp16}),
             "CUDAExecutionProvider",
             "CPUExecutionProvider",
         ]
+
+
+def engine_cache_dir(artifact, variant: str, model_path: Path) -> Path:
+    """Where the TensorRT provider caches the engines it builds for this model file: a per-user
+    cache directory keyed by the file's sha256, never the artifact itself. Inside the artifact
+    the cache would be swept into (or fail) its checksums, could not be written where artifacts
+    are read-only (installed, shared, mounted into a server), and would be shipped with the
+    artifact to machines whose GPU or TensorRT cannot use it. Keyed by content, a re-exported
+    model never meets a stale engine, and copies of one artifact share theirs."""
+    from ..cache import cache_dir
+    from ..manifest import sha256_file
+
+    models = artifact.manifest.get("models", {})
+    name = models.get(variant, {}).get("file")
+    digest = artifact.manifest.get("files", {}).get(name) if name else None
+    if digest is None or Path(model_path).name != name:  # a model path given by hand: hash the file
+        digest = sha256_file(model_path)
+    return cache_dir() / "ort-trt" / digest[:32]
 
 
 _ORT_TYPES = {

