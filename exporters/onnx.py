@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .. import __version__
-from ..dims import check_dims
-from ..errors import SourceError, VerificationError, require
+from ..dims import check_dims, format_nesting_dims
+from ..errors import DimsError, SourceError, VerificationError, require
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
 from ..sources import SourceModel, load_source, source_sha256
 
@@ -35,6 +35,7 @@ TOLERANCE = {
 }
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 VERIFY_BATCH = 4
+SAMPLE_ROWS = 64   # rows of --sample in each part (calibration, held-out) of the verification inputs
 FLOPS_SEQUENCE_LENGTH = 128
 
 
@@ -98,6 +99,8 @@ def export(
     precision: Sequence[str] = ("fp32",),
     sample: Any = None,
     opset: int = DEFAULT_OPSET,
+    format: str = "onnx",
+    max_batch: int | None = None,
     progress: Callable[[str], None] | None = None,
     **source_options: Any,
 ):
@@ -105,7 +108,16 @@ def export(
 
     Every output of every variant is checked against PyTorch on random inputs (and on `sample`,
     an array / dict / list of texts, if given); a failed check raises VerificationError and
-    leaves nothing behind. Returns the loaded Artifact."""
+    leaves nothing behind. format="tensorrt" also builds a TensorRT engine (fp16 when fp16 is
+    among the precisions, else fp32; optimization profile up to `max_batch`) inside the staged
+    directory: a failed build leaves an artifact already at `output` untouched, like any other
+    failure. Returns the loaded Artifact."""
+    if format not in ("onnx", "tensorrt"):
+        raise SourceError(f"unknown format {format!r}: use onnx or tensorrt")
+    if format == "tensorrt":
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail before the (slow) ONNX export, not after
     require("torch", "export", "exporting")
     require("onnx", "export", "exporting")
     require("onnxscript", "export", "exporting with torch.onnx (dynamo)")
@@ -114,31 +126,54 @@ def export(
     say = progress or (lambda message: None)
     precision = _check_precision(precision)
     model = source if isinstance(source, SourceModel) else load_source(source, **source_options)
-    say(f"loaded {model.kind} source: full dim {model.full_dim}, nesting dims {model.nesting_dims}")
+    say(f"loaded {model.kind} source: full dim {model.full_dim}, nesting dims {format_nesting_dims(model.nesting_dims)}")
+    if all_dims and model.nesting_dims is None:
+        raise DimsError(f"{model.path} does not declare its nesting dims, so --all-dims has nothing to export: "
+                        "pass --nesting-dims (the dims it was trained at) or choose --dims")
     chosen = list(model.nesting_dims) if all_dims else check_dims(dims or [], model.full_dim, model.nesting_dims)
     if all_dims and dims:
         chosen = sorted(set(chosen) | set(check_dims(dims, model.full_dim, model.nesting_dims)))
     module = MRLExportModule(model, chosen)
     outputs = plan_outputs(model, chosen)
-    feeds = _verification_feeds(model, sample)
+    parts = verification_feeds(model, sample)
 
     with staged_directory(output) as stage:
         started = time.perf_counter()
         say(f"exporting {len(outputs)} outputs ({', '.join(o['name'] for o in outputs)}) to ONNX")
         _torch_to_onnx(module, model, outputs, stage / VARIANT_FILES["fp32"], opset)
         say(f"exported in {time.perf_counter() - started:.1f} s; verifying against PyTorch")
-        reference = [_run_torch(module, feed, outputs) for feed in feeds]
+        reference = {part: [_run_torch(module, feed, outputs) for feed in feeds] for part, feeds in parts.items()}
+        every_feed, every_reference = [f for p in parts.values() for f in p], [r for p in reference.values() for r in p]
         models = {}
         for variant in precision:
             info = {"file": VARIANT_FILES[variant], "precision": variant}
-            if variant != "fp32":
-                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], feeds))
-            info["verification"] = verify_variant(stage / info["file"], variant, feeds, reference, outputs)
-            say(f"{variant}: " + _summary(info["verification"]))
+            if variant == "int8":
+                # calibrated on one part, verified on the other: the bound holds on inputs that
+                # calibration never saw, and the calibration-set numbers are kept beside it
+                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], parts["calibration"]))
+                info["verification"] = verify_variant(stage / info["file"], variant, parts["held_out"],
+                                                      reference["held_out"], outputs)
+                seen = verify_variant(stage / info["file"], variant, parts["calibration"], reference["calibration"],
+                                      outputs, enforce=False)
+                for name, stats in info["verification"].items():
+                    stats["calibration_set"] = seen[name]
+                info["verification_inputs"] = {part: _feed_rows(feeds) for part, feeds in parts.items()}
+                say(f"{variant}: held out: " + _summary(info["verification"]) + "; calibration set: " + _summary(seen))
+            else:
+                if variant == "fp16":
+                    info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], every_feed))
+                info["verification"] = verify_variant(stage / info["file"], variant, every_feed, every_reference, outputs)
+                say(f"{variant}: " + _summary(info["verification"]))
             models[variant] = info
         if model.tokenizer_file is not None:
             shutil.copyfile(model.tokenizer_file, stage / "tokenizer.json")
-        manifest = _manifest(model, chosen, outputs, models, opset, _flops(model, module))
+        manifest = _manifest(model, chosen, outputs, models, opset, _flops(model, module, chosen))
+        if format == "tensorrt":
+            from .tensorrt import DEFAULT_MAX_BATCH, ENGINE_KEYS, build_engine
+
+            engine = "fp16" if "fp16" in precision else "fp32"
+            manifest["models"][ENGINE_KEYS[engine]] = build_engine(
+                stage, manifest, engine, DEFAULT_MAX_BATCH if max_batch is None else max_batch, progress=say)
         record_files(stage, manifest)
         write_json_atomic(stage / MANIFEST_NAME, manifest)
     return Artifact.load(output)
@@ -154,22 +189,43 @@ def _check_precision(precision: Sequence[str] | str) -> list[str]:
     return ["fp32"] + [p for p in PRECISIONS[1:] if p in wanted]  # fp32 is the base of the others
 
 
-def _verification_feeds(model: SourceModel, sample: Any) -> list[dict[str, np.ndarray]]:
-    feeds = [model.random_inputs(batch=VERIFY_BATCH, seed=0)]
+def verification_feeds(model: SourceModel, sample: Any) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The inputs every variant is verified on, in two parts that share no input:
+      calibration  int8's calibration (which nodes stay fp32) is fitted on these;
+      held_out     calibration never sees these: int8's bounds are enforced on them.
+    Each part has VERIFY_BATCH random inputs (separate random streams; for texts, separate pools
+    of sentences) and, with `sample`, half of the sample's distinct rows (a seeded shuffle, at
+    most SAMPLE_ROWS per part; a one-row sample goes to calibration). fp32 and fp16 are verified
+    on both parts."""
+    parts = {"calibration": [model.random_inputs(batch=VERIFY_BATCH, seed=0)],
+             "held_out": [model.random_inputs(batch=VERIFY_BATCH, seed=0, held_out=True)]}
     if sample is not None:
-        feeds.append(_sample_feed(model, sample))
-    return feeds
+        for part, feed in zip(parts, _split_sample(model, sample)):
+            if feed is not None:
+                parts[part].append(feed)
+    return parts
 
 
-def _sample_feed(model: SourceModel, sample: Any) -> dict[str, np.ndarray]:
+def _feed_rows(feeds: list[dict[str, np.ndarray]]) -> int:
+    return sum(len(next(iter(feed.values()))) for feed in feeds)
+
+
+def _split_sample(model: SourceModel, sample: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+    """--sample as (calibration feed, held-out feed): its distinct rows, shuffled with a fixed
+    seed (a file sorted by class still gives both halves every class), split in half. Duplicate
+    rows are dropped first so that no input is in both halves."""
     from ..errors import InputError
 
+    rng = np.random.default_rng(0)
     if isinstance(sample, (list, tuple)) and sample and isinstance(sample[0], str):
         if model.tokenizer_file is None:
             raise InputError("--sample holds texts but the model takes tensors")
         from ..sources import tokenize_texts
 
-        return tokenize_texts(model, list(sample))
+        texts = list(dict.fromkeys(sample))
+        order = rng.permutation(len(texts))
+        halves = _halves(order)
+        return tuple(tokenize_texts(model, [texts[i] for i in half]) if len(half) else None for half in halves)
     if not isinstance(sample, dict):
         sample = {model.inputs[0].name: sample}
     feed = {}
@@ -180,8 +236,19 @@ def _sample_feed(model: SourceModel, sample: Any) -> dict[str, np.ndarray]:
         fixed = [a for a in spec.shape[1:]]
         if value.ndim != len(spec.shape) or any(isinstance(a, int) and a != v for a, v in zip(fixed, value.shape[1:])):
             raise InputError(f"--sample {spec.name} has shape {value.shape}; expected {spec.shape}")
-        feed[spec.name] = value[:64]
-    return feed
+        feed[spec.name] = value
+    counts = {len(value) for value in feed.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(f"--sample inputs must have the same number of rows, at least one; got {sorted(counts)}")
+    rows = [b"".join(np.ascontiguousarray(value[i]).tobytes() for value in feed.values()) for i in range(counts.pop())]
+    distinct = np.array(sorted({row: i for i, row in reversed(list(enumerate(rows)))}.values()), dtype=np.int64)
+    halves = _halves(distinct[rng.permutation(len(distinct))])
+    return tuple({name: value[half] for name, value in feed.items()} if len(half) else None for half in halves)
+
+
+def _halves(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = min((len(order) + 1) // 2, SAMPLE_ROWS)
+    return order[:first], order[first:first + SAMPLE_ROWS]
 
 
 @contextlib.contextmanager
@@ -244,7 +311,8 @@ def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[st
 
     if variant == "fp16":
         return precision_mod.make_fp16(fp32_path, path) or {}
-    # the verification feeds calibrate int8: layers whose quantization would fail verification stay fp32
+    # the calibration part of the verification feeds calibrates int8 (layers whose quantization
+    # misses the bounds on it stay fp32); the held-out part is kept for verifying the result
     return precision_mod.make_int8(fp32_path, path, sample=feeds) or {}
 
 
@@ -264,8 +332,9 @@ def compare_outputs(actual: np.ndarray, expected: np.ndarray) -> dict[str, float
     }
 
 
-def verify_variant(path: Path, variant: str, feeds, references, outputs) -> dict[str, dict[str, float]]:
-    """Run the ONNX file with ORT CPU on every feed and compare each output with PyTorch."""
+def verify_variant(path: Path, variant: str, feeds, references, outputs, enforce: bool = True) -> dict[str, dict[str, float]]:
+    """Run the ONNX file with ORT CPU on every feed and compare each output with PyTorch;
+    VerificationError past the variant's bounds (unless enforce=False: measure only)."""
     from ..runtimes.ort import create_session
 
     session = create_session(path, ["CPUExecutionProvider"])
@@ -280,7 +349,8 @@ def verify_variant(path: Path, variant: str, feeds, references, outputs) -> dict
         if output["kind"] == "logits":
             stats["top1_agreement"] = float(np.mean(got.argmax(1) == want.argmax(1)))
         report[name] = stats
-    _enforce(variant, report, path)
+    if enforce:
+        _enforce(variant, report, path)
     return report
 
 
@@ -298,7 +368,8 @@ def _enforce(variant: str, report: dict[str, dict[str, float]], path: Path) -> N
         if "top1_agreement" in bounds and "top1_agreement" in stats and stats["top1_agreement"] < bounds["top1_agreement"]:
             failures.append(f"{name} top-1 agreement {stats['top1_agreement']:.3f} < {bounds['top1_agreement']}")
     if failures:
-        raise VerificationError(f"{variant} graph does not match PyTorch: {'; '.join(failures[:3])}")
+        where = " on held-out inputs (calibration never saw them)" if variant == "int8" else ""
+        raise VerificationError(f"{variant} graph does not match PyTorch{where}: {'; '.join(failures[:3])}")
 
 
 def _summary(report: dict[str, dict[str, float]]) -> str:
@@ -307,7 +378,7 @@ def _summary(report: dict[str, dict[str, float]]) -> str:
     return f"min cosine {worst_cos:.7f}, max abs diff {worst_abs:.2e} over {len(report)} outputs"
 
 
-def _flops(model: SourceModel, module) -> dict[str, Any]:
+def _flops(model: SourceModel, module, dims: Sequence[int]) -> dict[str, Any]:
     import torch
 
     from ..flops import FLOPS_UNIT, count_flops, head_flops
@@ -321,10 +392,12 @@ def _flops(model: SourceModel, module) -> dict[str, Any]:
     total = count_flops(model.module, tuple(torch.from_numpy(v) for v in feed.values()), batch=1)
     classes = model.num_classes or 0
     inner_heads = sum(head_flops(m, classes) for m in model.head_dims)  # MRL modules compute every head
+    # MRL-E: the shared head sliced at every nesting dim and at every exported dim
+    shared = sorted(set(model.nesting_dims or []) | set(dims)) if model.shared_head is not None else []
     flops = {
         "unit": FLOPS_UNIT,
         "encoder": int(total - inner_heads),
-        "heads": {str(m): head_flops(m, classes) for m in (model.head_dims or (model.nesting_dims if model.shared_head is not None else []))},
+        "heads": {str(m): head_flops(m, classes) for m in (model.head_dims or shared)},
     }
     if model.tokenizer_file is not None:
         flops["sequence_length"] = int(feed[model.inputs[0].name].shape[1])
@@ -344,7 +417,7 @@ def _manifest(model: SourceModel, dims, outputs, models, opset: int, flops) -> d
                    "sha256": source_sha256(model.path), "options": model.options},
         "modality": "text" if model.tokenizer_file is not None else "tensor",
         "full_dim": model.full_dim,
-        "nesting_dims": list(model.nesting_dims),
+        "nesting_dims": None if model.nesting_dims is None else list(model.nesting_dims),
         "exported_dims": list(dims),
         "normalization": "truncate-then-l2",
         "pre_truncation": model.pre_truncation,
@@ -353,6 +426,7 @@ def _manifest(model: SourceModel, dims, outputs, models, opset: int, flops) -> d
         "preprocessing": model.preprocessing,
         "outputs": outputs,
         "labels": model.labels,
+        "training_data": model.training_data,
         "opset": opset,
         "models": models,
         "flops": flops,

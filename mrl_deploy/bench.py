@@ -277,9 +277,10 @@ def dim_costs(manifest: dict[str, Any], dims: Iterable[int], corpus_size: int, s
 
 def default_dims(manifest: dict[str, Any]) -> list[int]:
     """Every nesting dim up to the largest exported one, plus the exported dims: any prefix of an
-    exported embedding is computable, and the nesting dims are the ones that were trained."""
+    exported embedding is computable, and the nesting dims are the ones that were trained (the
+    exported dims alone where the nesting dims are unknown)."""
     top = max(manifest["exported_dims"])
-    return sorted({d for d in manifest["nesting_dims"] if d <= top} | set(manifest["exported_dims"]))
+    return sorted({d for d in manifest.get("nesting_dims") or [] if d <= top} | set(manifest["exported_dims"]))
 
 
 def check_bench_dims(manifest: dict[str, Any], dims: Iterable[int] | None) -> list[int]:

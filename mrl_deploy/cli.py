@@ -48,13 +48,15 @@ def manifest_tables(manifest: dict) -> list:
     from rich.markup import escape
     from rich.table import Table
 
+    from .dims import format_nesting_dims
+
     source = manifest["source"]
     overview = Table(title="artifact", show_header=False)
     flops = manifest.get("flops") or {}
     rows = [
         ("source", f"{source['kind']}: {source['path']}"),
         ("full dim", str(manifest["full_dim"])),
-        ("nesting dims", ", ".join(map(str, manifest["nesting_dims"]))),
+        ("nesting dims", format_nesting_dims(manifest.get("nesting_dims"))),
         ("exported dims", ", ".join(map(str, manifest["exported_dims"]))),
         ("normalization", f"{manifest['normalization']} (pre-truncation: {manifest.get('pre_truncation') or 'none'})"),
         ("heads", manifest.get("head") or "none"),
@@ -98,7 +100,7 @@ def export(
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, or tensorrt (an engine built from the ONNX graph; needs TensorRT and a GPU)."),
     max_batch: int = typer.Option(64, "--max-batch", help="TensorRT: the largest batch of the engine's optimization profile."),
     sample: Optional[Path] = typer.Option(None, "--sample", help="Real inputs (.npy/.npz, or .txt for text models) to verify on, besides random ones."),
-    nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="The dims the model was trained at, e.g. 8,16,32,64 (factories, MRL-E ResNet-50 checkpoints; overrides a model's config)."),
+    nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="The dims the model was trained at, e.g. 8,16,32,64, for any source: declares them where the model does not (otherwise they are recorded as unknown, and --all-dims needs them) and overrides a model's config or card; must match an MRL checkpoint's heads or a train checkpoint's dims. Default: what the model declares."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Factories: one sample's input shape without the batch, e.g. 3,224,224."),
     pre_truncation: Optional[str] = typer.Option(None, "--pre-truncation", help="Text models: a step before truncation (layer_norm, or none); default from the model's config."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
@@ -122,22 +124,20 @@ def export(
     if fmt == "tensorrt":
         from .exporters.tensorrt import require_tensorrt
 
-        require_tensorrt()  # fail before the (slow) ONNX export, not after
+        require_tensorrt()  # fail before reading the sample and loading the model, not after
     sample_data = load_inputs(sample) if sample is not None else None
     options = dict(nesting_dims=parse_dims(nesting_dims) if nesting_dims else None, input_shape=input_shape,
                    pre_truncation=pre_truncation, max_seq_length=max_seq_length)
     if trust_remote_code:
         options["trust_remote_code"] = True
-    with console.status("exporting...") as status:
+    with console.status("exporting..."):
+        # a TensorRT engine is built inside the export's staged directory: a failed build leaves
+        # an artifact already at --output as it was
         artifact = run_export(
             source, parse_dims(dims), output, all_dims=all_dims, precision=precisions, sample=sample_data,
-            opset=opset, progress=lambda message: console.print(f"  {message}", highlight=False), **options,
+            opset=opset, format=fmt, max_batch=max_batch,
+            progress=lambda message: console.print(f"  {message}", highlight=False), **options,
         )
-        if fmt == "tensorrt":
-            status.update("building the TensorRT engine...")
-            from .exporters.tensorrt import add_engine
-
-            artifact = add_engine(artifact, precision="fp16" if "fp16" in precisions else "fp32", max_batch=max_batch)
     if json_out:
         emit_json(artifact.manifest)
     else:

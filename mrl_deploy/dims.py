@@ -1,4 +1,4 @@
-"""Nesting dims: parsing, validation and defaults."""
+"""Nesting dims: parsing and validation (unknown nesting dims are None, never guessed)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,6 @@ import warnings
 from typing import Iterable
 
 from .errors import DimsError
-
-
-def default_nesting_dims(full_dim: int, smallest: int = 8) -> list[int]:
-    """Halving from the full dim down to `smallest`: 2048 -> [8, 16, ..., 2048]; 384 -> [12, 24, ..., 384]."""
-    if full_dim < 1:
-        raise DimsError(f"full dim must be >= 1, got {full_dim}")
-    dims = [full_dim]
-    while dims[-1] % 2 == 0 and dims[-1] // 2 >= smallest:
-        dims.append(dims[-1] // 2)
-    return sorted(dims)
 
 
 def parse_dims(values: Iterable[object] | str | None) -> list[int]:
@@ -44,15 +34,18 @@ def parse_dims(values: Iterable[object] | str | None) -> list[int]:
     return sorted(set(out))
 
 
-def check_dims(dims: Iterable[int], full_dim: int, nesting_dims: Iterable[int]) -> list[int]:
+def check_dims(dims: Iterable[int], full_dim: int, nesting_dims: Iterable[int] | None) -> list[int]:
     """Validate chosen dims against a model: above the full dim is an error; outside the
-    nesting list is allowed (any prefix is computable) but warned about, since it was not trained."""
+    nesting list is allowed (any prefix is computable) but warned about, since it was not trained.
+    Unknown nesting dims (None: the model does not say which prefixes were trained) warn about nothing."""
     dims = parse_dims(list(dims))
     if not dims:
         raise DimsError("no dims chosen: pass --dims M (repeatable) or --all-dims")
     too_big = [d for d in dims if d > full_dim]
     if too_big:
         raise DimsError(f"dims {too_big} exceed the model's full dim {full_dim}")
+    if nesting_dims is None:
+        return dims
     nesting = set(nesting_dims)
     untrained = [d for d in dims if d not in nesting]
     if untrained:
@@ -63,3 +56,21 @@ def check_dims(dims: Iterable[int], full_dim: int, nesting_dims: Iterable[int]) 
             stacklevel=2,
         )
     return dims
+
+
+def check_nesting_dims(nesting_dims: object, full_dim: int, where: str) -> list[int] | None:
+    """Declared nesting dims (--nesting-dims, a config, a model card) parsed and checked against
+    the model's full dim; None stays None (unknown)."""
+    if nesting_dims is None:
+        return None
+    dims = parse_dims(nesting_dims)
+    if not dims:
+        raise DimsError(f"{where}: empty nesting dims")
+    if dims[-1] > full_dim:
+        raise DimsError(f"{where}: nesting dims {dims} exceed the model's full dim {full_dim}")
+    return dims
+
+
+def format_nesting_dims(nesting_dims: Iterable[int] | None) -> str:
+    """For people: "8, 16, 64", or "unknown" where the model does not declare them."""
+    return "unknown" if nesting_dims is None else ", ".join(map(str, nesting_dims))

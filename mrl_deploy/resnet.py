@@ -213,9 +213,10 @@ def build_resnet50_mrl(num_classes: int = 1000, head_dims: list[int] | None = No
 def load_resnet_mrl(path: str | Path, nesting_dims: Any = None, **options: Any):
     """Load an official MRL ResNet-50 checkpoint as a SourceModel.
 
-    MRL checkpoints give their nesting dims by their heads' widths. MRL-E and plain-fc checkpoints
-    cannot, so they get halvings of the full dim ([8, 16, ..., 2048] as in the paper) unless
-    `nesting_dims` is passed."""
+    MRL checkpoints give their nesting dims by their heads' widths. MRL-E checkpoints (one shared
+    2048-column head) cannot, and get the paper's [8, 16, ..., 2048], which the released MRL-E
+    models were trained at; a fixed-feature baseline (r < 2048 columns) was trained at r only and
+    gets [r]. `nesting_dims` overrides both."""
     from .errors import require
     from .sources import InputSpec, SourceModel, _unexpected
 
@@ -349,10 +350,13 @@ def _load_weights(path: str, model, state: dict[str, Any]) -> None:
 
 
 def _nesting_dims(path: str, model, requested: Any) -> list[int]:
-    from .dims import default_nesting_dims, parse_dims
+    from .dims import parse_dims
 
     if requested is None:
-        return list(model.head_dims or default_nesting_dims(model.feature_dim))
+        if model.head_dims:
+            return list(model.head_dims)
+        # MRL-E: the paper's dims (known, not guessed); a fixed-feature model: its one trained dim
+        return list(NESTING_DIMS) if model.feature_dim == FULL_DIM else [int(model.feature_dim)]
     dims = parse_dims(requested)
     if model.head_dims and dims != model.head_dims:
         raise SourceError(f"{path}: nesting dims {dims} differ from the checkpoint's heads {model.head_dims}")

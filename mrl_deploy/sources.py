@@ -43,7 +43,7 @@ class SourceModel:
     path: str
     module: Any                                    # torch.nn.Module, in eval mode
     full_dim: int
-    nesting_dims: list[int]
+    nesting_dims: list[int] | None                 # None: unknown (the model does not declare them)
     inputs: list[InputSpec]
     head_dims: list[int] = field(default_factory=list)
     shared_head: Any = None                        # torch.nn.Linear or None
@@ -53,7 +53,10 @@ class SourceModel:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)   # enough to rebuild this source (torch runtime)
     tokenizer_file: Path | None = None             # text models: copied into the artifact
-    sample_inputs: Callable[[int, int], dict[str, np.ndarray]] | None = None  # (batch, seed) -> feed
+    # `mrl-deploy train` checkpoints: the data and split they were trained on (data.split_record)
+    training_data: dict[str, Any] | None = None
+    # (batch, seed, held_out) -> feed; held_out=True draws from inputs the other calls never give
+    sample_inputs: Callable[..., dict[str, np.ndarray]] | None = None
 
     @property
     def head(self) -> str | None:
@@ -67,11 +70,13 @@ class SourceModel:
             return list(dims)
         return [d for d in dims if d in self.head_dims]
 
-    def random_inputs(self, batch: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-        """Inputs for verification: the source's own sampler, or random values of the right shape."""
+    def random_inputs(self, batch: int = 4, seed: int = 0, held_out: bool = False) -> dict[str, np.ndarray]:
+        """Inputs for verification: the source's own sampler, or random values of the right shape.
+        held_out=True: from a separate stream (texts: a separate pool), so these inputs never
+        coincide with those of held_out=False (which calibrate int8)."""
         if self.sample_inputs is not None:
-            return self.sample_inputs(batch, seed)
-        rng = np.random.default_rng(seed)
+            return self.sample_inputs(batch, seed, held_out=held_out)
+        rng = np.random.default_rng([seed, 1] if held_out else seed)
         feed = {}
         for spec in self.inputs:
             shape = [batch if axis == "batch" else axis for axis in spec.shape]
@@ -179,7 +184,7 @@ def load_factory(spec: str, nesting_dims: Any = None, input_shape: Any = None, i
 
     import torch
 
-    from .dims import default_nesting_dims, parse_dims
+    from .dims import check_nesting_dims
 
     _unexpected("factory", options)
     module_name, _, attr = spec.partition(":")
@@ -207,12 +212,13 @@ def load_factory(spec: str, nesting_dims: Any = None, input_shape: Any = None, i
     if not isinstance(z, torch.Tensor) or z.ndim != 2:
         raise SourceError(f"{spec}: forward must return a (batch, dim) embedding, got {getattr(z, 'shape', type(z).__name__)}")
     full_dim = int(z.shape[1])
-    dims = parse_dims(nesting_dims) if nesting_dims is not None else default_nesting_dims(full_dim)
-    if dims and dims[-1] > full_dim:
-        raise SourceError(f"nesting dims {dims} exceed the embedding dim {full_dim} of {spec}")
+    dims = check_nesting_dims(nesting_dims, full_dim, spec)   # not given: unknown, never guessed
     head_dims: list[int] = []
     num_classes = None
     if logits is not None:
+        if dims is None:
+            raise SourceError(f"{spec}: forward returns logits, one per nesting dim: pass --nesting-dims "
+                              "(the dims its heads read, e.g. 8,16,32)")
         if not isinstance(logits, (list, tuple)) or len(logits) != len(dims):
             raise SourceError(
                 f"{spec}: forward returned {len(logits) if isinstance(logits, (list, tuple)) else 'non-list'} "
@@ -254,6 +260,17 @@ SAMPLE_TEXTS = [
     "New smartphone chips promise longer battery life.",
     "Parliament debates the budget.",
 ]
+# Never shown to int8 calibration: the exporter checks int8's bounds on these (and on held-out
+# rows of --sample).
+HELD_OUT_TEXTS = [
+    "How do nested embeddings let one model serve several vector sizes?",
+    "weather tomorrow",
+    "The museum reopened its east wing after a two-year renovation that restored the original "
+    "skylights, added climate control for the manuscripts and doubled the space for visiting exhibitions.",
+    "Coach praises young defender after a clean sheet away from home.",
+    "Researchers report a cheaper catalyst for splitting water.",
+    "Shares fell sharply.",
+]
 
 
 def _st_module(st: Any):
@@ -281,7 +298,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
     import json
     import os
 
-    from .dims import default_nesting_dims, parse_dims
+    from .dims import check_nesting_dims
     from .errors import require
 
     _unexpected("sentence-transformers", options)
@@ -307,8 +324,15 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
         except (OSError, ValueError):
             pass
     full_dim = int((getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)())
-    declared = next((configs[k] for k in MATRYOSHKA_KEYS if configs.get(k)), None)
-    dims = parse_dims(nesting_dims if nesting_dims is not None else declared) or default_nesting_dims(full_dim)
+    # Which prefixes were trained: --nesting-dims, else the config, else the model card's
+    # MatryoshkaLoss; else unknown (recorded as null), never guessed.
+    if nesting_dims is not None:
+        dims = check_nesting_dims(nesting_dims, full_dim, "--nesting-dims")
+    elif (key := next((k for k in MATRYOSHKA_KEYS if configs.get(k)), None)) is not None:
+        dims = check_nesting_dims(configs[key], full_dim, f"{directory}: the config's {key}")
+    else:
+        dims = check_nesting_dims(card_matryoshka_dims(directory), full_dim,
+                                  f"{directory / 'README.md'}: the MatryoshkaLoss matryoshka_dims")
     if pre_truncation is None:
         pre_truncation = configs.get("pre_truncation") or next(
             (step for name, step in KNOWN_PRE_TRUNCATION.items()
@@ -341,14 +365,40 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
         options={"nesting_dims": dims, "pre_truncation": pre_truncation or "none",
                  "trust_remote_code": trust_remote_code, "max_seq_length": int(st.max_seq_length)},
     )
-    model.sample_inputs = lambda batch, seed: tokenize_texts(model, _sample_texts(batch, seed))
+    model.sample_inputs = lambda batch, seed, held_out=False: tokenize_texts(model, _sample_texts(batch, seed, held_out))
     return model
 
 
-def _sample_texts(batch: int, seed: int) -> list[str]:
+def card_matryoshka_dims(directory: Path) -> list[int] | None:
+    """The matryoshka_dims of a MatryoshkaLoss in the model's README.md: sentence-transformers
+    writes each training loss's configuration into the card as a ```json block (the "Loss:
+    MatryoshkaLoss with these parameters" line of the training section). Several losses: the
+    dims any of them trained. None when the card names none."""
+    import json
+    import re
+    import textwrap
+
+    try:
+        card = (directory / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found: set[int] = set()
+    for block in re.findall(r"```json[ \t]*\n(.*?)```", card, flags=re.DOTALL):
+        try:
+            config = json.loads(textwrap.dedent(block))
+        except ValueError:
+            continue
+        dims = config.get("matryoshka_dims") if isinstance(config, dict) else None
+        if isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            found.update(dims)
+    return sorted(found) or None
+
+
+def _sample_texts(batch: int, seed: int, held_out: bool = False) -> list[str]:
+    pool = HELD_OUT_TEXTS if held_out else SAMPLE_TEXTS
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(SAMPLE_TEXTS))
-    return [SAMPLE_TEXTS[order[i % len(order)]] for i in range(batch)]
+    order = rng.permutation(len(pool))
+    return [pool[order[i % len(order)]] for i in range(batch)]
 
 
 def tokenize_texts(model: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:

@@ -109,10 +109,41 @@ def test_all_dims_and_untrained_dim_warning(tmp_path):
     assert artifact.exported_dims == [12] and artifact.logit_dims == []  # no head was trained at 12
 
 
-def test_embedding_only_model(tmp_path):
-    artifact = export("factories:tiny_embedder", dims=(16,), output=tmp_path / "e", nesting_dims=None)
-    assert artifact.manifest["nesting_dims"] == [8, 16, 32] and artifact.logit_dims == []
-    assert artifact.manifest["head"] is None
+def test_embedding_only_model_with_unknown_nesting_dims(tmp_path):
+    """A factory that does not declare its nesting dims: recorded as unknown (null), not as
+    invented halvings; no "not trained" warning; --all-dims asks for them; --nesting-dims declares them."""
+    import warnings
+
+    from mrl_deploy import Artifact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a "not in the model's nesting dims" warning would fail here
+        artifact = export("factories:tiny_embedder", dims=(12,), output=tmp_path / "e", nesting_dims=None)
+    assert artifact.manifest["nesting_dims"] is None and artifact.nesting_dims is None
+    assert json.loads((tmp_path / "e" / "mrl.json").read_text())["nesting_dims"] is None
+    assert artifact.logit_dims == [] and artifact.manifest["head"] is None
+    assert Artifact.load(tmp_path / "e").nesting_dims is None
+    with pytest.raises(DimsError, match="does not declare its nesting dims.*--nesting-dims"):
+        export("factories:tiny_embedder", dims=(), all_dims=True, output=tmp_path / "all", nesting_dims=None)
+    assert not (tmp_path / "all").exists()
+    declared = export("factories:tiny_embedder", dims=(), all_dims=True, output=tmp_path / "all", nesting_dims="8,32")
+    assert declared.manifest["nesting_dims"] == [8, 32] and declared.exported_dims == [8, 32]
+    with pytest.raises(DimsError, match="exceed the model's full dim 32"):
+        export("factories:tiny_embedder", dims=(8,), output=tmp_path / "big", nesting_dims="8,64")
+    # a model with heads cannot be read without them: the heads are one per nesting dim
+    with pytest.raises(SourceError, match="pass --nesting-dims"):
+        export("factories:tiny_mrl", dims=(8,), output=tmp_path / "heads", nesting_dims=None)
+
+
+def test_inspect_and_bench_dims_with_unknown_nesting_dims(tmp_path):
+    from mrl_deploy.bench import default_dims
+
+    export("factories:tiny_embedder", dims=(8, 16), output=tmp_path / "e", nesting_dims=None)
+    shown = run_cli("inspect", tmp_path / "e")
+    assert shown.returncode == 0, shown.stderr
+    assert any("nesting dims" in line and "unknown" in line for line in shown.stdout.splitlines()), shown.stdout
+    manifest = json.loads((tmp_path / "e" / "mrl.json").read_text())
+    assert default_dims(manifest) == [8, 16]   # the exported dims: no invented ones
 
 
 @pytest.mark.parametrize("dims, message", [((0,), ">= 1"), ((33,), "exceed the model's full dim 32"),
@@ -134,6 +165,127 @@ def test_failed_verification_leaves_nothing_and_keeps_previous(tmp_path, monkeyp
         export(dims=(16,), output=target)
     assert (target / "mrl.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def _files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _cli_export_tensorrt(target):
+    from typer.testing import CliRunner
+
+    from mrl_deploy.cli import app
+
+    return CliRunner().invoke(app, ["export", "factories:tiny_mrl", "--dims", "16", "-o", str(target), "--input-shape",
+                                    "20", "--nesting-dims", "4,8,16,32", "--format", "tensorrt", "--max-batch", "8"])
+
+
+def test_failed_engine_build_leaves_the_old_artifact_untouched(tmp_path, monkeypatch):
+    """TensorRT cannot be installed here: the engine build fails as it would on a machine where
+    it does. The artifact already at -o must come out byte-identical, manifest included."""
+    from mrl_deploy.errors import MRLDeployError
+    from mrl_deploy.exporters import tensorrt as trt_export
+
+    target = tmp_path / "art"
+    export(dims=(8,), output=target)
+    before = _files(target)
+    calls = []
+
+    def failing_build(directory, *args, **kwargs):
+        calls.append(Path(directory))
+        raise MRLDeployError("TensorRT could not build the engine")
+
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda *args, **kwargs: None)
+    monkeypatch.setattr(trt_export, "build_engine", failing_build)
+    result = _cli_export_tensorrt(target)
+    assert calls, result.output                 # the build was reached
+    assert isinstance(result.exception, MRLDeployError) and "could not build" in str(result.exception)
+    assert _files(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]   # no staging directory left
+
+
+def test_engine_is_built_in_the_staged_artifact(tmp_path, monkeypatch):
+    """The engine is built into the export's staging directory (never into the live one) and is
+    recorded, checksummed, in the manifest the artifact is moved into place with."""
+    from mrl_deploy import Artifact
+    from mrl_deploy.exporters import tensorrt as trt_export
+
+    target = tmp_path / "art"
+    export(dims=(8,), output=target)
+    seen = []
+
+    def fake_build(directory, manifest, precision, max_batch, **kwargs):
+        directory = Path(directory)
+        seen.append((directory, (target / "mrl.json").read_bytes(), precision, max_batch))
+        (directory / "model.plan").write_bytes(b"engine bytes")
+        return {"file": "model.plan", "precision": precision, "format": "tensorrt", "max_batch": max_batch}
+
+    monkeypatch.setattr(trt_export, "require_tensorrt", lambda *args, **kwargs: None)
+    monkeypatch.setattr(trt_export, "build_engine", fake_build)
+    old_manifest = (target / "mrl.json").read_bytes()
+    result = _cli_export_tensorrt(target)
+    assert result.exit_code == 0, result.output
+    (staged, live_manifest, precision, max_batch), = seen
+    assert staged != target.resolve() and staged.parent == target.resolve().parent
+    assert live_manifest == old_manifest   # the live artifact was untouched while the engine was built
+    artifact = Artifact.load(target)       # checksums include the engine
+    assert artifact.exported_dims == [16] and artifact.manifest["models"]["tensorrt"]["file"] == "model.plan"
+    assert (precision, max_batch) == ("fp32", 8) and "model.plan" in artifact.manifest["files"]
+
+
+def test_int8_is_verified_on_inputs_calibration_never_saw(tmp_path, monkeypatch):
+    """--sample is split: one part (with its own random inputs) calibrates int8, the other is held
+    out; the recorded held-out numbers are ORT int8 against torch fp32 on inputs calibration never
+    saw, and the calibration-set numbers are recorded beside them."""
+    import onnxruntime as ort
+
+    from mrl_deploy.exporters import precision as precision_module
+    from mrl_deploy.exporters.onnx import verification_feeds
+    from mrl_deploy.sources import load_source
+
+    calibrated_on = []
+    real = precision_module.make_int8
+
+    def spy(src, dst, **options):
+        calibrated_on.extend(options["sample"])
+        return real(src, dst, **options)
+
+    monkeypatch.setattr(precision_module, "make_int8", spy)
+    sample = np.random.default_rng(7).standard_normal((40, 20)).astype(np.float32)
+    sample = np.concatenate([sample, sample[:5]])   # duplicates: dropped, not split across the parts
+    artifact = export("factories:tiny_embedder", dims=(8, 16), output=tmp_path / "q", precision=["fp32", "int8"],
+                      sample=sample)
+    info = artifact.manifest["models"]["int8"]
+
+    parts = verification_feeds(load_source("factories:tiny_embedder", input_shape="20", nesting_dims=[4, 8, 16, 32]),
+                               sample)
+    rows = lambda feeds: {row.tobytes() for feed in feeds for row in feed["x"]}  # noqa: E731
+    held_out, seen = rows(parts["held_out"]), rows(calibrated_on)
+    assert seen == rows(parts["calibration"]) and not held_out & seen     # calibration never saw them
+    sample_rows = {row.tobytes() for row in sample}
+    assert len(held_out & sample_rows) == 20 and len(seen & sample_rows) == 20   # the sample, split in half
+    assert info["verification_inputs"] == {"calibration": 24, "held_out": 24}
+
+    # independent recomputation: ORT int8 against the torch fp32 model, by hand. Feed by feed as
+    # the exporter ran them: dynamic int8 quantizes activations per run, so rows of one batch
+    # change each other's results.
+    session = ort.InferenceSession(str(artifact.path / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    runs = [dict(zip(names, session.run(None, {"x": feed["x"]}))) for feed in parts["held_out"]]
+    got = {name: np.concatenate([run[name] for run in runs]) for name in names}
+    x = np.concatenate([feed["x"] for feed in parts["held_out"]])
+    z, _ = torch_reference(x)   # tiny_embedder is tiny_mrl's encoder without the heads
+    want = {f"embedding_{m}": z[:, :m] / np.linalg.norm(z[:, :m], axis=1, keepdims=True) for m in (8, 16)}
+    assert set(info["verification"]) == set(want)
+    for name, expected in want.items():
+        actual = got[name].astype(np.float64)
+        cosine = np.sum(actual * expected, axis=1) / (np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1))
+        stats = info["verification"][name]
+        assert stats["min_cosine"] == pytest.approx(cosine.min(), abs=1e-6)
+        assert stats["max_abs_diff"] == pytest.approx(np.abs(actual - expected).max(), rel=1e-3, abs=1e-6)
+        assert set(stats["calibration_set"]) >= {"min_cosine", "max_abs_diff"}
+    # fp32 is checked on both parts
+    assert artifact.manifest["models"]["fp32"]["verification"]["embedding_8"]["min_cosine"] >= 0.99999
 
 
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path):

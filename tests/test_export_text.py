@@ -52,6 +52,8 @@ def test_matches_sentence_transformers(artifact, st_model, dim):
 
 def test_artifact_layout(artifact):
     manifest = artifact.manifest
+    # all-MiniLM-L6-v2 was not trained with Matryoshka dims and declares none: unknown, not halvings
+    assert manifest["nesting_dims"] is None and artifact.nesting_dims is None
     assert manifest["modality"] == "text" and manifest["source"]["kind"] == "sentence-transformers"
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["inputs"][0]["shape"] == ["batch", "sequence"]
@@ -115,3 +117,115 @@ def test_dense_head_and_cls_pooling(model_dir, tmp_path):
         expected = st.encode(TEXTS, truncate_dim=dim, normalize_embeddings=True)
         got = artifact.encode(TEXTS, dim=dim)
         assert np.sum(expected * got, axis=1).min() >= 0.9999
+
+
+# The training section sentence-transformers writes into a model card (README.md) for a model
+# trained with MatryoshkaLoss, as on the Hugging Face Hub.
+CARD = """---
+library_name: sentence-transformers
+tags:
+- sentence-transformers
+- loss:MatryoshkaLoss
+---
+
+# SentenceTransformer
+
+## Training Details
+
+### Training Dataset
+
+#### Unnamed Dataset
+
+* Size: 6,300 training samples
+* Loss: [<code>MatryoshkaLoss</code>](https://sbert.net/docs/package_reference/sentence_transformer/losses.html#matryoshkaloss) with these parameters:
+  ```json
+  {
+      "loss": "MultipleNegativesRankingLoss",
+      "matryoshka_dims": [
+          32,
+          16,
+          8
+      ],
+      "matryoshka_weights": [
+          1,
+          1,
+          1
+      ],
+      "n_dims_per_step": -1
+  }
+  ```
+
+### Training Hyperparameters
+```json
+{"learning_rate": 2e-05}
+```
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Three copies of a tiny text model (32-d): without a card, with the card sentence-transformers
+    writes for a model saved without training (it names no dims), and with a card that carries the
+    MatryoshkaLoss configuration."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from factories import tiny_text_model
+
+    root = tmp_path_factory.mktemp("tiny-st")
+    plain = tiny_text_model(root / "plain")
+    SentenceTransformer(str(plain), device="cpu").save(str(root / "saved"))   # writes its own README.md
+    carded = root / "carded"
+    shutil.copytree(plain, carded)
+    (carded / "README.md").write_text(CARD)
+    return {"plain": plain, "saved": root / "saved", "carded": carded}
+
+
+def test_nesting_dims_from_the_model_card(tiny_models):
+    from mrl_deploy.sources import card_matryoshka_dims, load_source
+
+    assert not (tiny_models["plain"] / "README.md").exists() and card_matryoshka_dims(tiny_models["plain"]) is None
+    assert load_source(tiny_models["plain"]).nesting_dims is None
+    card = (tiny_models["saved"] / "README.md").read_text()
+    assert "```" in card and "matryoshka_dims" not in card
+    assert card_matryoshka_dims(tiny_models["saved"]) is None and load_source(tiny_models["saved"]).nesting_dims is None
+    source = load_source(tiny_models["carded"])
+    assert source.nesting_dims == [8, 16, 32] and source.options["nesting_dims"] == [8, 16, 32]
+    # --nesting-dims declares them for any model, over the card
+    assert load_source(tiny_models["carded"], nesting_dims="4,32").nesting_dims == [4, 32]
+    assert load_source(tiny_models["plain"], nesting_dims=[16, 32]).nesting_dims == [16, 32]
+    from mrl_deploy.errors import DimsError
+
+    with pytest.raises(DimsError, match="exceed the model's full dim 32"):
+        load_source(tiny_models["plain"], nesting_dims="16,64")
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mrl_deploy.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_unknown_nesting_dims_are_recorded_as_unknown(tiny_models, tmp_path):
+    out = tmp_path / "plain"
+    result = run_cli("export", tiny_models["plain"], "--dims", "16", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "not trained" not in result.stderr and "warning" not in result.stderr.lower(), result.stderr
+    manifest = json.loads((out / "mrl.json").read_text())
+    assert manifest["nesting_dims"] is None and manifest["exported_dims"] == [16]
+    shown = run_cli("inspect", out)
+    assert any("nesting dims" in line and "unknown" in line for line in shown.stdout.splitlines()), shown.stdout
+    # --all-dims has nothing to export: a one-line error asking for --nesting-dims or --dims
+    result = run_cli("export", tiny_models["plain"], "--all-dims", "-o", tmp_path / "all")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    assert "--nesting-dims" in result.stderr and "--dims" in result.stderr and not (tmp_path / "all").exists()
+    # the card's dims: --all-dims exports them, and a dim outside them is warned about
+    from mrl_deploy import export
+
+    with pytest.warns(UserWarning, match=r"\[12\] are not in the model's nesting dims"):
+        artifact = export(tiny_models["carded"], dims=[12], all_dims=True, output=tmp_path / "carded")
+    assert artifact.manifest["nesting_dims"] == [8, 16, 32] and artifact.exported_dims == [8, 12, 16, 32]

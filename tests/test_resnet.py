@@ -137,7 +137,9 @@ def test_plain_fc_is_a_shared_head(checkpoints, tmp_path):
     assert mrl_e.head == "shared" and mrl_e.full_dim == 2048 and mrl_e.nesting_dims == DIMS
     assert mrl_e.shared_head is mrl_e.module.fc
     ff = load(rewrite(checkpoints["mrl"], tmp_path / "ff.pt", plain_fc(512)))
-    assert ff.full_dim == 512 and ff.nesting_dims == [8, 16, 32, 64, 128, 256, 512] and ff.num_classes == 10
+    # a fixed-feature baseline was trained at its one dim r: no halvings of r are invented
+    assert ff.full_dim == 512 and ff.nesting_dims == [512] and ff.num_classes == 10
+    assert load(tmp_path / "ff.pt", nesting_dims="64,512").nesting_dims == [64, 512]
     z = forward(ff, images())
     assert z.shape == (2, 512)
     torch.testing.assert_close(z, forward(mrl_e, images())[:, :512])  # same backbone weights
