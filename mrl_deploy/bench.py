@@ -444,7 +444,9 @@ def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int]
 
 def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None) -> dict[str, Any]:
     """`--data`: `digits` / `bbc-news` / a .npz with x (and y), or inputs without labels (.npy, .txt:
-    retrieval recall only). Uses the held-out split where the dataset module defines one."""
+    retrieval recall only). Labelled data as data.data_for_model gives it: the model's own
+    training data (its recorded fingerprint) as the test split of its recorded split, any other
+    data whole."""
     from .artifact import load_inputs
 
     text = str(spec)
@@ -455,8 +457,7 @@ def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None)
         with np.load(path, allow_pickle=False) as data:
             labelled = "x" in data and "y" in data
         if labelled:  # the training module's reader: string labels, image layouts, checks
-            dataset = dataset_module.load_dataset(path)
-            x, y = dataset.x, dataset.y
+            x, y, split = _labelled(dataset_module, path, artifact)
         else:
             x = load_inputs(path, artifact)
     elif path.suffix.lower() == ".npz" and path.is_file():
@@ -469,7 +470,10 @@ def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None)
     elif path.suffix.lower() in (".npy", ".txt") and path.is_file():
         x = load_inputs(path, artifact)
     else:
-        x, y, split = _named_dataset(text, artifact)
+        if dataset_module is None:
+            raise DataError(f"unknown data {text!r}: give a .npz with x and y, a .npy or a .txt (named datasets "
+                            "need the training module)")
+        x, y, split = _labelled(dataset_module, text, artifact)
     if y is not None:
         y = np.asarray(y).astype(np.int64).ravel()
         if len(y) != _count(x):
@@ -498,33 +502,11 @@ def _data_module():
     return data_module
 
 
-def _named_dataset(name: str, artifact: Any) -> tuple[Any, Any, str]:
-    """digits / bbc-news through the training module's loader (its held-out test split, which
-    training and calibration never saw)."""
-    data_module = _data_module()
-    loader = getattr(data_module, "load_eval_data", None) or getattr(data_module, "load_dataset", None)
-    if loader is None:
-        raise DataError(f"unknown data {name!r}: give a .npz with x and y, a .npy or a .txt"
-                        + ("" if data_module else " (named datasets need the training module)"))
-    dataset = loader(name)
-    return _unpack_dataset(dataset, name, artifact)
-
-
-def _unpack_dataset(dataset: Any, name: str, artifact: Any) -> tuple[Any, Any, str]:
-    """Accept the shapes a dataset loader may return: an object or dict with x_test/y_test
-    (or test/validation splits), or x/y."""
-    get = (lambda k: dataset.get(k)) if isinstance(dataset, dict) else (lambda k: getattr(dataset, k, None))
-    for xs, ys, split in (("x_test", "y_test", "test"), ("x_val", "y_val", "validation"),
-                          ("x_valid", "y_valid", "validation"), ("x", "y", "all")):
-        if get(xs) is not None:
-            x = get(xs)
-            if artifact.is_text and not isinstance(x, list):
-                texts = get("texts_test" if split == "test" else "texts")
-                x = list(texts) if texts is not None else x
-            return x, get(ys), split
-    if isinstance(dataset, tuple) and len(dataset) >= 2:
-        return dataset[0], dataset[1], "all"
-    raise DataError(f"dataset {name!r}: the loader returned {type(dataset).__name__}, which bench cannot read")
+def _labelled(data_module: Any, spec: Any, artifact: Any) -> tuple[Any, Any, str]:
+    """(x, y, split description): the test split of the model's own training data, else all of it."""
+    dataset, usage = data_module.data_for_model(spec, artifact.manifest.get("training_data"))
+    split = usage["split"] + (f" (seed {usage['seed']})" if usage["split"] != "all" else "")
+    return dataset.x, dataset.y, split
 
 
 def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECALL_K, shortlist_size: int = 200,

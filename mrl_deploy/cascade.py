@@ -704,24 +704,35 @@ def classify_artifact(artifact: Any, inputs: Any, labels: np.ndarray | None = No
 SPLITS = ("calibration", "test", "all")
 
 
-def load_classification_data(spec: Any, artifact: Any, split: str = "test") -> dict[str, Any]:
-    """DATA for calibrate / classify: `digits`, `bbc-news` or a .npz with x and y (through the
-    dataset module, which splits the validation part into calibration and test, seeded and
-    stratified, so the test split never takes part in calibration), or unlabelled inputs for the
-    artifact (.npy images / tensors, .txt texts, .npz without y). Returns {x, y or None, name, split}."""
+def load_classification_data(spec: Any, artifact: Any, split: str | None = None,
+                             default_split: str = "test") -> dict[str, Any]:
+    """DATA for calibrate / classify: `digits`, `bbc-news` or a .npz with x and y, or unlabelled
+    inputs for the artifact (.npy images / tensors, .txt texts, .npz without y).
+
+    Labelled data goes through data.data_for_model with the artifact's training_data: the model's
+    own training data is split exactly as it was trained (calibrate takes the calibration split,
+    classify the test split, so neither touches training samples and the test split never takes
+    part in calibration); any other data is used whole, and `split` on it is an error.
+    Returns {x, y or None, name, split, samples, description, ...usage}."""
     from pathlib import Path
 
     from .artifact import load_inputs
 
-    if split not in SPLITS:
+    if split is not None and split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     text = str(spec)
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".txt") or (suffix == ".npz" and path.is_file() and not _npz_has_labels(path)):
-        return {"x": load_inputs(path, artifact), "y": None, "name": text, "split": "all (unlabelled)"}
-    x, y, info = _dataset(text, split)
-    return {"x": x, "y": y, "name": text, "split": split, **info}
+        if split not in (None, "all"):
+            raise InputError(f"--split {split} applies only to the model's own (labelled) training data; "
+                             f"{text} holds unlabelled inputs, used whole")
+        x = load_inputs(path, artifact)
+        count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        return {"x": x, "y": None, "name": text, "split": "all", "samples": count,
+                "description": f"all of {text}, {count} samples (unlabelled)"}
+    dataset, usage = _dataset(text, artifact, split, default_split)
+    return {"x": dataset.x, "y": np.asarray(dataset.y), "labels": dataset.labels, **usage}
 
 
 def _npz_has_labels(path: Any) -> bool:
@@ -732,23 +743,7 @@ def _npz_has_labels(path: Any) -> bool:
         raise InputError(f"cannot read {path}: {exc}") from None
 
 
-def _dataset(spec: str, split: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    try:
-        from . import data as data_module
-    except ImportError:
-        raise DataError(f"unknown data {spec!r}: give a .npz with x and y, or inputs (.npy, .txt)") from None
-    dataset = data_module.load_dataset(spec, split=split)
-    return _unpack(dataset, spec, split)
+def _dataset(spec: str, artifact: Any, split: str | None, default_split: str):
+    from .data import data_for_model
 
-
-def _unpack(dataset: Any, spec: str, split: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    get = dataset.get if isinstance(dataset, dict) else (lambda key, default=None: getattr(dataset, key, default))
-    if isinstance(dataset, tuple):
-        x, y = dataset[0], dataset[1]
-        info: dict[str, Any] = {}
-    else:
-        x, y = get("x"), get("y")
-        info = {k: get(k) for k in ("seed", "labels") if get(k) is not None}
-    if x is None or y is None:
-        raise DataError(f"data {spec!r} ({split} split) has no x and y")
-    return x, np.asarray(y), info
+    return data_for_model(spec, artifact.manifest.get("training_data"), split, default_split)

@@ -345,7 +345,7 @@ def _cascade_table(title: str, rows: list, columns: list) -> object:
 @app.command()
 def calibrate(
     artifact_dir: Path = typer.Argument(..., help="An artifact exported with classifier heads (logits outputs)."),
-    data: str = typer.Argument(..., help="Labelled data: digits, bbc-news, or a .npz with x and y; its calibration split is used (the test split never is)."),
+    data: str = typer.Argument(..., help="Labelled data: digits, bbc-news, or a .npz with x and y. The model's own training data (recorded at train, checked by fingerprint) gives its calibration split, split as training did (the test split never is used); any other labelled data is used whole."),
     max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy the cascade may lose against the full-dim head, in points."),
     confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
     method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
@@ -367,16 +367,16 @@ def calibrate(
 
     artifact = Artifact.load(artifact_dir)
     artifact_logit_dims(artifact)  # no heads: fail before loading data
-    dataset = load_classification_data(data, artifact, split="calibration")
+    dataset = load_classification_data(data, artifact, default_split="calibration")
     if dataset["y"] is None:
         raise MRLDeployError(f"{data} has no labels: calibration needs labelled data (digits, bbc-news, a .npz with x and y)")
     runtime = resolve_runtime(runtime, artifact)
-    console.print(f"runtime: {runtime}", highlight=False)
-    with console.status("running every head on the calibration split and fitting thresholds..."):
+    console.print(f"runtime: {runtime}; data: {dataset['description']}", highlight=False)
+    with console.status(f"running every head on {dataset['description']} and fitting thresholds..."):
         saved = calibrate_artifact(artifact.path, dataset["x"], dataset["y"], max_drop=max_drop, confidence=confidence,
                                    method=method, safety=safety, count_gains=count_gains, runtime=runtime, batch_size=batch_size,
-                                   data={"name": str(data), "split": "calibration", "samples": int(len(dataset["y"])),
-                                         **{k: dataset[k] for k in ("seed",) if k in dataset}})
+                                   data={k: dataset[k] for k in ("name", "split", "samples", "seed", "fingerprint",
+                                                                 "description") if k in dataset})
     if json_out:
         emit_json(saved)
         return
@@ -388,7 +388,7 @@ def calibrate(
                      f"{fit['head_flops_per_sample']:,.0f}", "yes" if fit["feasible"] else "NO"])
     cal = saved["calibration"]
     console.print(_cascade_table(
-        f"cascade calibration on {data} ({saved['data']['samples']} samples): full-dim head ({cal['full_dim']}) "
+        f"cascade calibration on {saved['data']['description']}: full-dim head ({cal['full_dim']}) "
         f"{cal['full_accuracy']:.2f}%, target >= {cal['target_accuracy']:.2f}%",
         rows, ["method", "dims", "thresholds", "accuracy %", "expected dims (paper)", "honest dims", "head FLOPs", "meets target"]))
     if not saved["feasible"]:
@@ -402,7 +402,7 @@ def classify(
     data: str = typer.Argument(..., help="digits, bbc-news or a .npz with x and y (labelled: accuracy is reported), or inputs for the artifact (.npy, .npz without y, .txt)."),
     cascade: bool = typer.Option(False, "--cascade", help="Classify with the calibrated cascade (run `mrl-deploy calibrate` first)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Classify with the head at this dim only (default: the largest head)."),
-    split: str = typer.Option("test", "--split", help="Split of a named / labelled dataset: test (held out from calibration), calibration, or all."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of the model's own training data (recorded at train, checked by fingerprint; split as training did): test (default: held out from training and calibration), calibration, or all. Other data is used whole; --split on it is an error."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per sample (prediction, label, stop dim, confidence) to this .jsonl file."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
@@ -427,7 +427,9 @@ def classify(
         out = classify_artifact(artifact, dataset["x"], dataset["y"], dim=dim, cascade=chosen, runtime=runtime,
                                 batch_size=batch_size)
     report, result = out["report"], out["result"]
-    report.update({"data": str(data), "split": dataset["split"], "runtime": runtime})
+    report.update({"data": {k: dataset[k] for k in ("name", "split", "samples", "seed", "fingerprint", "description")
+                            if k in dataset},
+                   "split": dataset["split"], "runtime": runtime})
     if output is not None:
         _write_predictions(output, result, dataset["y"], artifact.labels)
         report["predictions_file"] = str(output)
@@ -475,7 +477,7 @@ def _print_classify_report(report: dict) -> None:
         ["stop histogram", ", ".join(f"{d}: {100 * f:.1f}%" for d, f in report["stop_histogram"].items())],
         ["runtime", report["runtime"]],
     ]
-    console.print(_cascade_table(f"classify {report['data']} ({report['split']}) with the {mode}", rows, ["", "value"]))
+    console.print(_cascade_table(f"classify {report['data']['description']} with the {mode}", rows, ["", "value"]))
     if report.get("predictions_file"):
         console.print(f"[green]wrote[/green] {report['predictions_file']}", highlight=False)
 

@@ -28,6 +28,13 @@ testing never see each other's samples whoever calls them):
 `load_dataset(spec, split=...)` takes "all" (default), "train", "validation", "calibration" or
 "test"; `load_eval_data(spec)` returns the test split as {x_test, y_test, labels, ...}.
 
+A model remembers its split: `split_record(data, seed, val_fraction)` is what `mrl-deploy train`
+stores (and export carries into the artifact as `training_data`): the seed, the fractions and the
+data's fingerprint. `data_for_model(spec, record, split)` is how calibrate, classify and bench read
+DATA for a model: the model's own training data (same fingerprint) is split exactly as it was
+trained; any other labelled data is used whole; a named data set whose fingerprint differs from
+the recorded one of that name is an error, never a guess.
+
 Malformed data raises DataError with a one-line message: missing keys, sample count mismatch,
 one class only, non-integer or negative labels, NaN/inf values, too few samples to split.
 """
@@ -326,6 +333,68 @@ def split_dataset(dataset: Dataset, seed: int = DEFAULT_SEED, val_fraction: floa
 
 
 split = split_dataset  # `load_dataset` takes a `split` argument: the function also goes by this name
+
+
+def split_record(dataset: Dataset, seed: int = DEFAULT_SEED, val_fraction: float = VAL_FRACTION,
+                 test_fraction: float = TEST_FRACTION) -> dict[str, Any]:
+    """What a model records about the data it was trained on: enough to recognise the data
+    (name, sample count, fingerprint) and to recompute its splits (seed, fractions)."""
+    return {"name": dataset.name, "kind": dataset.kind, "samples": len(dataset), "fingerprint": dataset.fingerprint(),
+            "seed": int(seed), "val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
+
+
+def data_for_model(spec: str | os.PathLike | Dataset, record: dict[str, Any] | None, split: str | None = None,
+                   default_split: str = "test") -> tuple[Dataset, dict[str, Any]]:
+    """Labelled DATA (`digits`, `bbc-news`, a .npz, or a Dataset) as a model should see it, and
+    how it was used: (dataset, usage), usage = {name, split, samples, seed?, fingerprint,
+    description}, description e.g. "calibration split of digits, seed 3, 270 samples".
+
+    `record` is the model's training_data (split_record); None where it records none.
+      the model's training data (its fingerprint matches the record's): split with the recorded
+        seed and fractions; `split` (default `default_split`) is taken, so calibration and test
+        samples are never training samples;
+      a named data set whose fingerprint differs from the one recorded under that name: DataError
+        (the recorded split would select other samples: a guess);
+      any other labelled data: used whole; `split` other than "all" is a DataError saying why."""
+    data = spec if isinstance(spec, Dataset) else _load(str(spec))
+    fingerprint = data.fingerprint()
+    recorded_name = (record or {}).get("name")
+    recorded_print = (record or {}).get("fingerprint")
+    if recorded_print is not None:
+        ours = fingerprint == recorded_print
+    else:  # a checkpoint trained before fingerprints were recorded: a named data set by its name only
+        ours = record is not None and data.name in NAMED and data.name == recorded_name
+    if not ours and record is not None and data.name in NAMED and data.name == recorded_name:
+        raise DataError(
+            f"{data.name} here ({len(data)} samples, fingerprint {fingerprint[:12]}) is not the {data.name} the model was "
+            f"trained on ({record.get('samples')} samples, fingerprint {str(recorded_print)[:12]}): its recorded split "
+            "cannot be applied to it; use the data it was trained on, or give your labelled data as a .npz")
+    if ours:
+        split = split or default_split
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        seed = int(record.get("seed", DEFAULT_SEED))
+        chosen = data
+        if split != "all":
+            train, val = split_dataset(data, seed=seed, val_fraction=float(record.get("val_fraction", VAL_FRACTION)))
+            chosen = {"train": train, "validation": val}.get(split)
+            if chosen is None:
+                cal, test = calibration_test_split(val, seed=seed,
+                                                   test_fraction=float(record.get("test_fraction", TEST_FRACTION)))
+                chosen = cal if split == "calibration" else test
+        note = "" if recorded_print is not None else " (matched by name: the model records no fingerprint)"
+        usage = {"name": data.name, "split": split, "samples": len(chosen), "seed": seed, "fingerprint": fingerprint,
+                 "description": f"{split} split of {data.name}, seed {seed}, {len(chosen)} samples{note}"
+                 if split != "all" else f"all of {data.name} (the model's training data), {len(chosen)} samples"}
+        return chosen, usage
+    why = ("the model records no training data" if record is None else
+           f"it is not the model's training data {recorded_name} (its fingerprint differs)")
+    if split not in (None, "all"):
+        raise DataError(f"--split {split} applies only to the model's own training data, which it splits as it "
+                        f"was trained; {data.name} is used whole: {why}")
+    usage = {"name": data.name, "split": "all", "samples": len(data), "fingerprint": fingerprint,
+             "description": f"all of {data.name}, {len(data)} samples ({why})"}
+    return data, usage
 
 
 def calibration_test_split(validation: Dataset, seed: int = DEFAULT_SEED,

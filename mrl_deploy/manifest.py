@@ -11,6 +11,9 @@ Fields (FORMAT_VERSION 1):
   preprocessing {...}  e.g. image mean/std/size, or tokenizer file and max_seq_length
   outputs       [{name, kind: embedding|logits, dim, classes?}]
   labels        class names or null
+  training_data null | {name, kind, samples, fingerprint, seed, val_fraction, test_fraction}: the
+                data and split an `mrl-deploy train` checkpoint was trained on (data.split_record);
+                calibrate / classify / bench split that data (and only it) the same way
   opset
   models        {variant: {file, precision, verification: {output: {max_abs_diff, mean_abs_diff,
                  min_cosine, top1_agreement?}}, ...}}   variants: fp32, fp16, int8, tensorrt

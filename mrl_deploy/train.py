@@ -17,7 +17,8 @@ Checkpoint directory (what `mrl-deploy export` takes, detected by mrl_model.json
   mrl_model.json     format "mrl-deploy-checkpoint", format_version 1; architecture {name,
                      hyperparameters}; full_dim; nesting_dims; efficient; num_classes; labels;
                      input {name, dtype, shape}; preprocessing; encoder (text adapters: kind,
-                     path, package, max_seq_length, dim); data (name, kind, split summary, seed);
+                     path, package, max_seq_length, dim); data (name, kind, samples, fingerprint,
+                     seed, val_fraction, test_fraction: data.split_record; split sizes);
                      training (loss, epochs, batch_size, lr, weight_decay, dim_weights, seed,
                      seconds); accuracy {mrl, baseline_truncated, baseline_probe, encoder_probe}
                      per dim (validation split, %).
@@ -46,7 +47,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .cache import cache_dir
-from .data import Dataset, load_dataset, split_dataset
+from .data import Dataset, load_dataset, split_dataset, split_record
 from .dims import parse_dims
 from .errors import DataError, DimsError, SourceError, require
 
@@ -62,6 +63,8 @@ EPOCHS = {"cnn": 40, "mlp": 60, "adapter": 60}
 LEARNING_RATE = {"cnn": 2e-3, "mlp": 1e-3, "adapter": 1e-3}
 
 Progress = Callable[[dict[str, Any]], None]
+# What an exported artifact records about the checkpoint's training data (data.split_record)
+TRAINING_DATA_KEYS = ("name", "kind", "samples", "fingerprint", "seed", "val_fraction", "test_fraction")
 
 
 # --- nesting dims -------------------------------------------------------------------------------
@@ -433,8 +436,9 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
                    "data_dtype": str(np.asarray(x_train).dtype)}),
         "preprocessing": _preprocessing(dataset, hyper, text, max_seq_length),
         "encoder": encoder_info,
-        "data": {"name": dataset.name, "kind": dataset.kind, "samples": len(dataset), "seed": seed,
-                 "val_fraction": val_fraction, "train": len(train_set), "validation": len(val_set),
+        # the split, recorded: export carries it into the artifact, so calibrate and classify split
+        # this data exactly as training did (and recognise it by its fingerprint)
+        "data": {**split_record(dataset, seed, val_fraction), "train": len(train_set), "validation": len(val_set),
                  "classes": num_classes, "sample_shape": dataset.sample_shape},
         "training": {**settings, "final_loss": history[-1] if history else None,
                      "seconds": round(time.perf_counter() - started, 2)},
@@ -565,11 +569,13 @@ def load_trained_source(path: str | Path, max_seq_length: int | None = None, enc
     if pre_truncation not in (None, "none"):
         raise SourceError("trained checkpoints take no pre-truncation step")
     efficient = bool(meta.get("efficient"))
+    data = meta.get("data") or {}
     common = dict(
         kind="mrl-deploy", path=str(path), full_dim=int(meta["full_dim"]), nesting_dims=list(meta["nesting_dims"]),
         head_dims=[] if efficient else list(meta["nesting_dims"]),
         shared_head=net.heads.shared if efficient else None,
         num_classes=int(meta["num_classes"]), labels=meta.get("labels"),
+        training_data={k: data[k] for k in TRAINING_DATA_KEYS if k in data} if data.get("name") else None,
     )
     if not meta.get("encoder"):
         if max_seq_length is not None or encoder is not None:

@@ -327,37 +327,182 @@ def test_cli_classify_unlabelled_and_errors(tiny, tmp_path):
 
 
 @needs_torch
-def test_cli_calibrate_then_classify_on_held_out_split(tiny, tmp_path):
+def test_cli_calibrate_and_classify_use_other_files_whole(tiny, tmp_path):
+    """The issue's scenario: two separate labelled files of 500 samples. They are not the
+    model's training data (a factory model records none), so calibrate uses all 500 of one and
+    classify all 500 of the other, and both say so."""
     import shutil
 
     directory = tmp_path / "a"
     shutil.copytree(tiny["dir"], directory)
-    data = tiny["root"] / "labelled.npz"
-    result = run_cli("calibrate", directory, data, "--max-drop", "1", "--json")
+    x = np.random.default_rng(1).standard_normal((1000, 20)).astype(np.float32)
+    from mrl_deploy.artifact import Artifact
+
+    y = Artifact.load(directory).logits(x, dim=32).argmax(axis=1)
+    np.savez(tmp_path / "cal.npz", x=x[:500], y=y[:500])
+    np.savez(tmp_path / "test.npz", x=x[500:], y=y[500:])
+    result = run_cli("calibrate", directory, tmp_path / "cal.npz", "--max-drop", "1", "--json")
     assert result.returncode == 0, result.stderr
     saved = json.loads(result.stdout)
+    assert saved["data"]["samples"] == 500 and saved["data"]["split"] == "all"
+    assert saved["data"]["description"].startswith(f"all of {tmp_path / 'cal.npz'}, 500 samples")
+    assert saved["calibration"]["samples"] == 500
     manifest = json.loads((directory / "mrl.json").read_text())
     assert manifest["cascade"]["thresholds"] == saved["thresholds"] and manifest["cascade"]["dims"] == saved["dims"]
-    from mrl_deploy.data import load_dataset
-
-    cal, test = (load_dataset(data, split=s) for s in ("calibration", "test"))
-    assert saved["data"]["split"] == "calibration" and saved["data"]["samples"] == len(cal)
-    assert 80 <= len(cal) <= 100 and 80 <= len(test) <= 100           # halves of 30% of 600
-    assert not {row.tobytes() for row in cal.x} & {row.tobytes() for row in test.x}  # thresholds never see test
-    result = run_cli("classify", directory, data, "--cascade", "--json")
+    result = run_cli("classify", directory, tmp_path / "test.npz", "--cascade", "--json", "-o", tmp_path / "p.jsonl")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["split"] == "test" and report["samples"] == len(test) and report["mode"] == "cascade"
+    assert report["samples"] == 500 and report["split"] == "all" and report["mode"] == "cascade"
+    assert report["data"]["description"].startswith(f"all of {tmp_path / 'test.npz'}, 500 samples")
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [line["label"] for line in lines] == y[500:].tolist()
     assert report["dims"] == saved["dims"] and 0 <= report["accuracy"] <= 100
     assert sum(report["stop_histogram"].values()) == pytest.approx(1.0)
     assert report["expected_dims"] <= report["expected_honest_dims"]
-    # human-readable output works too
-    result = run_cli("classify", directory, data, "--cascade")
-    assert result.returncode == 0 and "honest" in result.stderr
+    # the tables say it too
+    for command in (["calibrate", directory, tmp_path / "cal.npz"], ["classify", directory, tmp_path / "test.npz", "--cascade"]):
+        result = run_cli(*command)
+        assert result.returncode == 0, result.stderr
+        assert "500 samples" in " ".join(result.stderr.split()), result.stderr
+    assert "honest" in result.stderr
+    # --split on a file that is not the training data: an error that says why
+    result = run_cli("classify", directory, tmp_path / "test.npz", "--split", "test")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--split test applies only to the model's own training data" in result.stderr
+    assert "records no training data" in result.stderr
     # labels beyond the heads' classes
     np.savez(tmp_path / "bad.npz", x=tiny["x"], y=np.arange(600) % 9)
     result = run_cli("calibrate", directory, tmp_path / "bad.npz")
     assert result.returncode == 2 and "labels must lie in 0..4" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A checkpoint trained by `mrl-deploy train --seed 3 --val-fraction 0.2` on a labelled .npz,
+    exported with every head."""
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    from mrl_deploy import export
+    from mrl_deploy.train import train
+
+    root = tmp_path_factory.mktemp("seeded")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 12)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
+    np.savez(root / "data.npz", x=x, y=y)
+    result = run_cli("train", root / "data.npz", "-o", root / "ckpt", "--seed", 3, "--val-fraction", 0.2,
+                     "--epochs", 3, "--no-baseline", "--nesting-dims", "4,8,16", "--full-dim", 16, "--json")
+    assert result.returncode == 0, result.stderr
+    artifact = export(root / "ckpt", all_dims=True, output=root / "art")
+    return {"root": root, "data": root / "data.npz", "artifact": artifact}
+
+
+@needs_torch
+def test_train_records_the_split_and_export_carries_it(seeded):
+    from mrl_deploy.data import load_dataset
+
+    meta = json.loads((seeded["root"] / "ckpt" / "mrl_model.json").read_text())
+    recorded = seeded["artifact"].manifest["training_data"]
+    assert recorded["seed"] == 3 and recorded["val_fraction"] == 0.2 and recorded["test_fraction"] == 0.5
+    assert recorded["samples"] == 400 and recorded == {k: meta["data"][k] for k in recorded}
+    import hashlib
+
+    with np.load(seeded["data"]) as arrays:   # the fingerprint: sha256 of the samples and labels as stored
+        x, y = arrays["x"], arrays["y"]
+    digest = hashlib.sha256(str((x.dtype.str, x.shape)).encode() + x.tobytes() + y.astype(np.int64).tobytes())
+    assert recorded["fingerprint"] == digest.hexdigest() == load_dataset(seeded["data"]).fingerprint()
+
+
+@needs_torch
+def test_calibrate_and_classify_use_the_recorded_split(seeded, tmp_path):
+    """On the model's own data (same fingerprint), the split is the recorded one (seed 3, 20%
+    validation), not the defaults: checked row by row against the data module's split functions."""
+    import shutil
+
+    from mrl_deploy.artifact import Artifact
+    from mrl_deploy.data import calibration_test_split, load_dataset, split_dataset, stratified_indices
+
+    directory = tmp_path / "art"
+    shutil.copytree(seeded["artifact"].path, directory)
+    data = load_dataset(seeded["data"])
+    train, val = split_dataset(data, seed=3, val_fraction=0.2)
+    cal, test = calibration_test_split(val, seed=3, test_fraction=0.5)
+    # which rows those are, from the index functions themselves: train / calibration / test never meet
+    train_rows, val_rows = stratified_indices(data.y, 0.2, 3)
+    cal_part, test_part = stratified_indices(data.y[val_rows], 0.5, 3 + 7919)
+    np.testing.assert_array_equal(cal.x, data.x[val_rows[cal_part]])
+    np.testing.assert_array_equal(test.x, data.x[val_rows[test_part]])
+    assert not set(train_rows) & set(val_rows)
+    default_test = load_dataset(seeded["data"], split="test")          # seed 0, 30%: other rows
+    assert len(default_test) != len(test) or not np.array_equal(default_test.x, test.x)
+
+    artifact = Artifact.load(directory)
+    full = max(artifact.logit_dims)
+    result = run_cli("calibrate", directory, seeded["data"], "--max-drop", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(result.stdout)
+    assert saved["data"]["split"] == "calibration" and saved["data"]["seed"] == 3
+    assert saved["data"]["samples"] == len(cal) and 35 <= len(cal) <= 45     # half of 20% of 400
+    assert saved["data"]["description"] == f"calibration split of {seeded['data']}, seed 3, {len(cal)} samples"
+    full_accuracy = 100.0 * np.mean(artifact.logits(cal.x, dim=full).argmax(1) == cal.y)
+    assert saved["calibration"]["full_accuracy"] == pytest.approx(full_accuracy)
+
+    result = run_cli("classify", directory, seeded["data"], "--dim", full, "--json", "-o", tmp_path / "p.jsonl")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and report["samples"] == len(test) and 35 <= len(test) <= 45
+    assert report["data"]["description"] == f"test split of {seeded['data']}, seed 3, {len(test)} samples"
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [line["label"] for line in lines] == test.y.tolist()
+    assert [line["prediction"] for line in lines] == artifact.logits(test.x, dim=full).argmax(1).tolist()
+    # --split chooses among the recorded splits of the model's own data
+    result = run_cli("classify", directory, seeded["data"], "--dim", full, "--split", "all", "--json")
+    assert json.loads(result.stdout)["samples"] == 400
+
+    # another file (fingerprint differs): used whole, even though it is the same kind of data
+    np.savez(tmp_path / "other.npz", x=data.x[:100] + 1.0, y=data.y[:100])
+    result = run_cli("classify", directory, tmp_path / "other.npz", "--dim", full, "--json")
+    report = json.loads(result.stdout)
+    assert report["split"] == "all" and report["samples"] == 100
+    assert "not the model's training data" in report["data"]["description"]
+
+
+@needs_torch
+def test_a_named_dataset_that_differs_from_the_recorded_one_is_an_error(seeded, tmp_path):
+    import shutil
+
+    from mrl_deploy.manifest import update_manifest
+
+    directory = tmp_path / "art"
+    shutil.copytree(seeded["artifact"].path, directory)
+    recorded = json.loads((directory / "mrl.json").read_text())["training_data"]
+    update_manifest(directory, training_data={**recorded, "name": "digits", "samples": 1797, "fingerprint": "0" * 64})
+    for command in ("calibrate", "classify"):
+        result = run_cli(command, directory, "digits")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "is not the digits the model was trained on" in result.stderr
+
+
+def test_data_for_model_rules():
+    """The rules without a model: training data split as recorded, other data whole, an old
+    record without a fingerprint matched by a named data set's name."""
+    from mrl_deploy.data import data_for_model, load_dataset, split_record
+
+    digits = load_dataset("digits")
+    record = split_record(digits, seed=3, val_fraction=0.2)
+    cal, usage = data_for_model("digits", record, default_split="calibration")
+    assert usage["split"] == "calibration" and usage["seed"] == 3 and len(cal) == usage["samples"]
+    assert np.array_equal(cal.x, load_dataset("digits", split="calibration", seed=3, val_fraction=0.2).x)
+    whole, usage = data_for_model("digits", None)
+    assert len(whole) == 1797 and usage["description"] == "all of digits, 1797 samples (the model records no training data)"
+    with pytest.raises(DataError, match="--split calibration applies only"):
+        data_for_model("digits", None, split="calibration")
+    legacy = {k: v for k, v in record.items() if k != "fingerprint"}
+    test, usage = data_for_model("digits", legacy)
+    assert usage["split"] == "test" and "matched by name" in usage["description"]
+    assert np.array_equal(test.x, load_dataset("digits", split="test", seed=3, val_fraction=0.2).x)
 
 
 @needs_torch
