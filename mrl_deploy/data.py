@@ -388,7 +388,8 @@ def data_for_model(spec: str | os.PathLike | Dataset, record: dict[str, Any] | N
                  if split != "all" else f"all of {data.name} (the model's training data), {len(chosen)} samples"}
         return chosen, usage
     why = ("the model records no training data" if record is None else
-           f"it is not the model's training data {recorded_name} (its fingerprint differs)")
+           f"it is not the model's training data {recorded_name} (its fingerprint differs)" if recorded_print else
+           f"the model records no fingerprint of its training data {recorded_name}")
     if split not in (None, "all"):
         raise DataError(f"--split {split} applies only to the model's own training data, which it splits as it "
                         f"was trained; {data.name} is used whole: {why}")
