@@ -1,0 +1,102 @@
+"""`mrl-deploy embed ARTIFACT INPUTS --ray`: a corpus embedded by a pool of Ray Data actors.
+
+The run is planned here (mrl_deploy.corpus: files, records, shards of at most `shard_rows`, global
+ids), then Ray Data maps the shards still to do through `ShardEmbedder`, a callable class: each
+actor loads the artifact once and holds one runtime session (ORT CPU, or a GPU runtime with
+`num_gpus` per actor), reads its shard's records, embeds them in batches of `batch_size` with
+Artifact.encode and writes the shard's files. Ray Data runs the actor pool (`concurrency`
+actors), feeds it, retries and shows progress; the manifest is written here once every shard is
+there. Why shards and not rows through Ray Data: a shard written whole by one actor keeps rows in
+input order, makes a dead run resumable shard by shard, and never funnels the vectors through this
+process. Output files go to a directory every node can write (a shared file system on a cluster).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .cluster import connect, failure
+
+GPU_RUNTIMES = ("ort-cuda", "ort-trt", "tensorrt", "torch-cuda")
+
+
+class ShardEmbedder:
+    """The map_batches class: one artifact and one runtime session per actor."""
+
+    def __init__(self, artifact_dir: str, plan: dict[str, Any], directory: str, runtime: str, variant: str,
+                 threads: int | None, batch_size: int):
+        from ..artifact import Artifact
+
+        self.artifact = Artifact.load(artifact_dir)
+        self.plan, self.directory = plan, directory
+        self.options = {"runtime": runtime, "variant": variant, "threads": threads, "batch_size": batch_size}
+        self.artifact.runtime(runtime, variant, threads)      # start the session now, once
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..corpus import embed_shard
+
+        done = [embed_shard(self.artifact, self.plan, int(number), self.directory, **self.options)
+                for number in batch["shard"]]
+        return {key: np.asarray([d[key] for d in done]) for key in ("shard", "count", "seconds")}
+
+
+def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | None = None, dtype: str = "f32",
+                 column: str = "text", shard_rows: int | None = None, resume: bool = False,
+                 concurrency: int = 1, batch_size: int = 64, runtime: str | None = None, variant: str = "fp32",
+                 threads: int | None = None, num_cpus: float = 1, num_gpus: float | None = None,
+                 address: str | None = None, say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """Plan, embed the missing shards on Ray, write the manifest; returns the manifest."""
+    from ..corpus import DEFAULT_SHARD_ROWS, plan_corpus, prepare_directory, write_manifest
+    from ..errors import InputError
+    from ..runtimes import resolve_runtime
+
+    for name, value in (("concurrency", concurrency), ("batch size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    if not num_cpus >= 0:
+        raise InputError(f"CPUs per actor must be >= 0, got {num_cpus}")
+    runtime = resolve_runtime(runtime, artifact, variant)
+    gpus = (1.0 if runtime in GPU_RUNTIMES else 0.0) if num_gpus is None else float(num_gpus)
+    if not gpus >= 0:
+        raise InputError(f"GPUs per actor must be >= 0, got {num_gpus}")
+    if runtime in GPU_RUNTIMES and gpus == 0:
+        raise InputError(f"runtime {runtime} runs on a GPU: give each actor one (--num-gpus, e.g. 0.5 or 1)")
+    # ONNX Runtime's threads default to the actor's CPUs, so that actors sharing a node do not
+    # oversubscribe it
+    threads = threads if threads is not None else (max(1, int(num_cpus)) if runtime != "torch" else None)
+    plan = plan_corpus(artifact, inputs, dim=dim, dtype=dtype, column=column,
+                       shard_rows=DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows)
+    output = Path(output).resolve()
+    todo = prepare_directory(output, plan, resume)
+    say(f"{plan['count']:,} records in {len(plan['inputs'])} files -> {len(plan['shards'])} shards of at most "
+        f"{plan['shard_rows']:,}; {len(todo)} to embed" + (f" ({len(plan['shards']) - len(todo)} already done)"
+                                                           if resume else "")
+        + f"; {concurrency} actors, runtime {runtime}, {threads or 'default'} threads, {gpus:g} GPUs each")
+    started = time.perf_counter()
+    if todo:
+        with connect(address) as ray:
+            import ray.data
+
+            dataset = ray.data.from_items([{"shard": number} for number in todo], override_num_blocks=len(todo))
+            mapped = dataset.map_batches(
+                ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(todo))),
+                num_cpus=num_cpus, num_gpus=gpus,
+                fn_constructor_kwargs={"artifact_dir": str(artifact.path), "plan": plan, "directory": str(output),
+                                       "runtime": runtime, "variant": variant, "threads": threads,
+                                       "batch_size": batch_size})
+            try:
+                done = sum(int(row["count"]) for row in mapped.iter_rows())
+            except Exception as exc:
+                raise failure(exc, "embedding") from None
+    else:
+        done = 0
+    seconds = time.perf_counter() - started
+    manifest = write_manifest(output, plan, runtime=runtime, variant=variant, concurrency=concurrency,
+                              batch_size=batch_size, embedded=done, seconds=seconds)
+    return manifest
