@@ -163,16 +163,28 @@ def inspect(
 @app.command()
 def embed(
     artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
-    inputs: Path = typer.Argument(..., help="Inputs: .npy / .npz for tensor models, .txt (one text per line) for text models."),
+    inputs: str = typer.Argument(..., help="Inputs: .npy / .npz for tensor models, .txt (one text per line) for text models. With --ray: a file, a directory or a glob of .txt, .parquet (--column) or .npy files."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Embedding dim (any dim up to the largest exported one; default the largest)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 embeddings (.npy)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 embeddings (.npy); with --ray, a directory of shards and a manifest (embeddings.json, written last)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     variant: str = typer.Option("fp32", "--variant", help="Model variant to run: fp32, fp16, int8 (those the artifact has)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (edge devices: the core count)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (edge devices: the core count; with --ray, per actor, default its --num-cpus)."),
+    ray: bool = typer.Option(False, "--ray", help="Embed on Ray: Ray Data runs --concurrency actors, each with one runtime session, over shards of the inputs."),
+    concurrency: int = typer.Option(1, "--concurrency", help="--ray: number of actors (each holds one runtime session)."),
+    dtype: str = typer.Option("f32", "--dtype", help="--ray: dtype of the stored vectors, f32 or f16 (half the bytes)."),
+    column: str = typer.Option("text", "--column", help="--ray: the text column of .parquet inputs."),
+    shard_rows: int = typer.Option(50_000, "--shard-rows", help="--ray: most records per output shard (the unit of work, of resume and of progress)."),
+    resume: bool = typer.Option(False, "--resume", help="--ray: finish the unfinished run in --output (same inputs and settings), skipping the shards it wrote."),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001, HOST:6379); default: start a local Ray instance for this run."),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="--ray: CPUs Ray reserves per actor."),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="--ray: GPUs per actor (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
     json_out: bool = typer.Option(False, "--json", help="Print shape, dim, runtime and timing as JSON."),
 ) -> None:
-    """Embed INPUTS with an artifact and save the re-normalised `--dim` embeddings as .npy."""
+    """Embed INPUTS with an artifact and save the re-normalised `--dim` embeddings as .npy (or, with --ray, as shards on a Ray cluster).
+
+    Example: mrl-deploy embed artifacts/minilm 'corpus/*.txt' --ray --concurrency 4 --dim 64 --dtype f16 -o corpus.emb
+    """
     import time
 
     import numpy as np
@@ -180,6 +192,18 @@ def embed(
     from .artifact import Artifact, load_inputs
     from .runtimes import resolve_runtime
 
+    if ray:
+        _embed_on_ray(artifact_dir, inputs, output, dim=dim, dtype=dtype, column=column, shard_rows=shard_rows,
+                      resume=resume, concurrency=concurrency, batch_size=batch_size, runtime=runtime,
+                      variant=variant, threads=threads, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
+                      json_out=json_out)
+        return
+    ray_only = {"--concurrency": concurrency != 1, "--dtype": dtype != "f32", "--column": column != "text",
+                "--shard-rows": shard_rows != 50_000, "--resume": resume, "--address": address is not None,
+                "--num-cpus": num_cpus != 1.0, "--num-gpus": num_gpus is not None}
+    if any(ray_only.values()):
+        raise MRLDeployError(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --ray")
+    inputs = Path(inputs)
     if output.suffix != ".npy":
         raise MRLDeployError(f"--output must be a .npy file, got {output}")
     artifact = Artifact.load(artifact_dir)
@@ -200,6 +224,24 @@ def embed(
         emit_json(info)
     else:
         console.print(f"[green]wrote[/green] {output}: {vectors.shape[0]} x {vectors.shape[1]} in {seconds:.2f} s", highlight=False)
+
+
+def _embed_on_ray(artifact_dir: Path, inputs: str, output: Path, *, json_out: bool, **options) -> None:
+    from .artifact import Artifact
+    from .scale.embed import embed_corpus
+
+    artifact = Artifact.load(artifact_dir)
+    manifest = embed_corpus(artifact, inputs, output, say=lambda message: console.print(message, highlight=False),
+                            **options)
+    info = {key: manifest[key] for key in ("count", "dim", "dtype", "runtime", "concurrency", "embedded", "seconds")}
+    info.update(output=str(output), shards=len(manifest["shards"]),
+                items_per_second=manifest["embedded"] / manifest["seconds"] if manifest["seconds"] else None)
+    if json_out:
+        emit_json(info)
+    else:
+        console.print(f"[green]wrote[/green] {output}: {manifest['count']:,} x {manifest['dim']} {manifest['dtype']} in "
+                      f"{len(manifest['shards'])} shards ({manifest['embedded']:,} embedded in {manifest['seconds']:.1f} s)",
+                      highlight=False)
 
 
 # --- runtimes: compare ----------------------------------------------------------------------
@@ -526,7 +568,7 @@ def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_s
 def index_command(
     artifact_dir: Optional[Path] = typer.Argument(None, help="An artifact to embed INPUTS with (leave out with --vectors)."),
     inputs: Optional[Path] = typer.Argument(None, help="Inputs for the artifact: .npy/.npz for tensor models, .txt (one text per line) for text models."),
-    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Precomputed N x d float32 vectors in MRL order (.npy) instead of DIR INPUTS."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Precomputed N x d float32 vectors in MRL order (.npy), or a directory written by `embed --ray` (ids from it), instead of DIR INPUTS."),
     output: Path = typer.Option(..., "--output", "-o", help="Index directory to write (an existing index there is replaced only once the new one is complete)."),
     shortlist_dim: Optional[int] = typer.Option(None, "--shortlist-dim", help="Ds: dims of the HNSW shortlist index (default: min(64, Dr/4), at least 8)."),
     rerank_dim: Optional[int] = typer.Option(None, "--rerank-dim", help="Dr: dims of the rerank store (default: the vectors' full dim)."),
@@ -541,11 +583,14 @@ def index_command(
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Per-row metadata, a JSONL file (one JSON object per vector, in order) kept beside the vectors and returned by search. Texts embedded from a .txt INPUTS are kept the same way."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding DIR INPUTS: torch, ort-cpu, ... (default: the best available)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call when embedding."),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Split the corpus into this many AdaptiveIndex shards (contiguous parts, searched together, top-k merged); default: one index."),
+    ray: bool = typer.Option(False, "--ray", help="With --shards: build the shards as parallel Ray tasks (default: one after another here)."),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001); default: a local Ray instance for this run."),
     json_out: bool = typer.Option(False, "--json", help="Print the index summary (sizes, bytes, build time) as JSON."),
 ) -> None:
     """Build an adaptive retrieval index: a usearch HNSW shortlist over the first Ds dims and a memory-mapped rerank store of the first Dr dims.
 
-    Example: mrl-deploy index --vectors corpus.npy -o corpus.index --shortlist-dim 64
+    Example: mrl-deploy index --vectors corpus.npy -o corpus.index --shortlist-dim 64   |   mrl-deploy index --vectors corpus.emb -o corpus.index --shards 8 --ray
     """
     import time
 
@@ -555,8 +600,26 @@ def index_command(
         raise MRLDeployError("give --vectors FILE.npy, or an artifact DIR and its INPUTS (not both)")
     from .retrieval import read_metadata
 
+    if shards is not None or ray or address is not None:
+        if shards is None:
+            raise MRLDeployError("--ray and --address build a sharded index: give --shards S")
+        if append:
+            raise MRLDeployError("--append adds to a single index; a sharded index is rebuilt with --shards")
+        _index_sharded(vectors, artifact_dir, inputs, output, shards=shards, ray=ray, address=address,
+                       metadata=metadata, keys=keys, runtime=runtime, batch_size=batch_size, json_out=json_out,
+                       options=dict(shortlist_dim=shortlist_dim, rerank_dim=rerank_dim, dtype=dtype,
+                                    rerank_dtype=rerank_dtype, connectivity=connectivity, expansion_add=expansion_add,
+                                    expansion_search=expansion_search, shortlist_size=shortlist_size))
+        return
     source, texts = None, None
-    if vectors is not None:
+    corpus_ids = None
+    if vectors is not None and vectors.is_dir():
+        from .corpus import load_corpus
+
+        if keys is not None:
+            raise MRLDeployError("--keys: an `embed --ray` directory brings its own ids")
+        data, corpus_ids = load_corpus(vectors)
+    elif vectors is not None:
         data = _load_vectors(vectors, "--vectors")
     else:
         if artifact_dir is None or inputs is None:
@@ -564,7 +627,7 @@ def index_command(
         data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
         source = {"artifact": str(artifact_path), "inputs": str(inputs)}
     rows = read_metadata(metadata) if metadata is not None else None
-    ids = _load_vectors(keys, "--keys") if keys is not None else None
+    ids = _load_vectors(keys, "--keys") if keys is not None else corpus_ids
     started = time.perf_counter()
     with _progress("indexing") as report:
         if append:
@@ -591,9 +654,63 @@ def index_command(
                   f"({index.rerank_bytes / 2**20:.1f} MiB memory-mapped), {seconds:.1f} s", highlight=False)
 
 
+def _index_sharded(vectors, artifact_dir, inputs, output: Path, *, shards: int, ray: bool, address, metadata, keys,
+                   runtime, batch_size: int, json_out: bool, options: dict) -> None:
+    """`index --shards S [--ray]`: a ShardedIndex from vectors (.npy or an `embed --ray` directory)
+    or from DIR INPUTS embedded here."""
+    import time
+    from contextlib import nullcontext
+
+    from .retrieval import read_metadata
+    from .sharded import ShardedIndex
+
+    texts, source, ids = None, None, None
+    if vectors is not None and vectors.is_dir():
+        from .corpus import corpus_slices, read_corpus
+
+        if keys is not None:
+            raise MRLDeployError("--keys: an `embed --ray` directory brings its own ids")
+        manifest = read_corpus(vectors)
+        data, ids = corpus_slices(vectors, manifest)
+        source = {"artifact": manifest["artifact"], "inputs": str(vectors)}
+    elif vectors is not None:
+        data = _load_vectors(vectors, "--vectors")
+    else:
+        if artifact_dir is None or inputs is None:
+            raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
+        data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
+        source = {"artifact": str(artifact_path), "inputs": str(inputs)}
+    if keys is not None:
+        ids = _load_vectors(keys, "--keys")
+    rows = read_metadata(metadata) if metadata is not None else None
+    if ray:
+        from .scale.cluster import connect
+
+        session = connect(address)
+    else:
+        session = nullcontext()
+    started = time.perf_counter()
+    with session, _progress("shards") as report:
+        index = ShardedIndex.build(data, output, shards=shards, keys=ids, texts=texts, metadata=rows, ray=ray,
+                                   progress=report, source=source, **options)
+    seconds = time.perf_counter() - started
+    summary = {"index": str(output), "count": len(index), "shards": len(index.shards), "full_dim": index.full_dim,
+               "shortlist_dim": index.shortlist_dim, "rerank_dim": index.rerank_dim, "dtype": index.dtype,
+               "rerank_dtype": index.rerank_dtype, "shortlist_bytes": index.shortlist_bytes,
+               "rerank_bytes": index.rerank_bytes, "seconds": seconds, "vectors_per_second": len(index) / seconds,
+               "ray": ray}
+    if json_out:
+        emit_json(summary)
+        return
+    console.print(f"[green]wrote[/green] {output}: {len(index):,} vectors in {len(index.shards)} shards"
+                  f"{' (Ray tasks)' if ray else ''}, shortlist {index.shortlist_dim}-d {index.dtype} "
+                  f"({index.shortlist_bytes / 2**20:.1f} MiB in RAM), rerank {index.rerank_dim}-d {index.rerank_dtype} "
+                  f"({index.rerank_bytes / 2**20:.1f} MiB memory-mapped), {seconds:.1f} s", highlight=False)
+
+
 @app.command()
 def search(
-    index_dir: Path = typer.Argument(..., help="An index directory written by `mrl-deploy index`."),
+    index_dir: Path = typer.Argument(..., help="An index directory written by `mrl-deploy index` (single or sharded)."),
     queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="Query vectors (.npy, Q x d, from the same model as the index)."),
     texts: Optional[Path] = typer.Option(None, "--texts", "--inputs", help="Raw queries embedded with the artifact: .txt (one per line) or .npy/.npz model inputs."),
     artifact_dir: Optional[Path] = typer.Option(None, "--artifact", help="Artifact that embeds --texts (default: the one the index was built with)."),
@@ -608,7 +725,7 @@ def search(
     verify: bool = typer.Option(False, "--verify", help="Check every index file's sha256 before searching (reads every byte; default: sizes only)."),
     json_out: bool = typer.Option(False, "--json", help="Print ids, scores, seconds and QPS as JSON."),
 ) -> None:
-    """Search an index: HNSW shortlist at Ds, rerank at Dr (or a --funnel, or --exact).
+    """Search an index (single or sharded: every shard searched, top-k merged): HNSW shortlist at Ds, rerank at Dr (or a --funnel, or --exact).
 
     Example: mrl-deploy search corpus.index --queries q.npy -k 10 --funnel 16:800,64:200,768:10
     """
@@ -616,11 +733,11 @@ def search(
 
     import numpy as np
 
-    from .retrieval import AdaptiveIndex
+    from .sharded import load_index
 
     if (queries is None) == (texts is None):
         raise MRLDeployError("give --queries FILE.npy or --texts FILE (embedded with the artifact), exactly one")
-    index = AdaptiveIndex.load(index_dir, view=True, verify=verify)
+    index = load_index(index_dir, view=True, verify=verify)
     if queries is not None:
         vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
     else:
@@ -762,6 +879,11 @@ def serve(
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body in MiB (larger: 413)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding the API key: every endpoint but /health then needs `Authorization: Bearer <key>`. Default: no key. The key is never printed or logged."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="The model name clients send and see (default: the artifact directory's name)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: the same app as the ingress, --replicas embedding replicas with @serve.batch, one deployment per shard of a sharded --index."),
+    replicas: int = typer.Option(1, "--replicas", help="--ray: embedding replicas (each one runtime session)."),
+    address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001); default: a local Ray instance, shut down on exit."),
+    num_cpus: float = typer.Option(1.0, "--num-cpus", help="--ray: CPUs Ray reserves per embedding replica (ONNX Runtime threads default to it)."),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="--ray: GPUs per embedding replica (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
 ) -> None:
     """Serve an artifact over HTTP: OpenAI /v1/embeddings (with dimensions), TEI /embed, /v1/classify (cascade), /v1/search (with --index), /health, /info, /metrics; dynamic batching and backpressure. SIGTERM drains and exits 0.
 
@@ -791,13 +913,29 @@ def serve(
     runtime = resolve_runtime(runtime, artifact, variant)
     if runtime != "tensorrt":
         artifact.model_file(variant)    # a variant the artifact lacks: fail now, not while loading
+    if ray:
+        from .scale.serve import build_application
+        from .scale.serve import run as run_on_ray
+
+        application = build_application(
+            artifact_dir, index_dir, replicas=replicas, runtime=runtime, variant=variant, threads=threads,
+            num_cpus=num_cpus, num_gpus=num_gpus, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+            model_name=model_name, max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 2**20),
+            api_key=api_key)
+        run_on_ray(application, host=host, port=port, address=address,
+                   say=lambda message: console.print(message, highlight=False))
+        console.print("stopped", highlight=False)
+        return
+    ray_only = {"--replicas": replicas != 1, "--address": address is not None, "--num-cpus": num_cpus != 1.0,
+                "--num-gpus": num_gpus is not None}
+    if any(ray_only.values()):
+        raise MRLDeployError(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --ray")
     from .serve import create_app, run_server
+    from .sharded import load_index
 
     index = None
     if index_dir is not None:
-        from .retrieval import AdaptiveIndex
-
-        index = AdaptiveIndex.load(index_dir, view=True)
+        index = load_index(index_dir, view=True)
     app = create_app(artifact_dir, index, model_name=model_name, runtime=runtime, variant=variant, threads=threads,
                      max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
                      max_request_items=max_request_items, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key)

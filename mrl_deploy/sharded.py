@@ -51,13 +51,14 @@ def is_sharded(path: str | os.PathLike) -> bool:
     return (Path(path) / SHARDED_JSON).is_file()
 
 
-def load_index(path: str | os.PathLike, view: bool = True, ray: bool = False):
-    """An AdaptiveIndex or a ShardedIndex, whichever the directory holds."""
+def load_index(path: str | os.PathLike, view: bool = True, ray: bool = False, verify: bool = False):
+    """An AdaptiveIndex or a ShardedIndex, whichever the directory holds (verify: check every
+    file's sha256, as AdaptiveIndex.load does)."""
     if is_sharded(path):
-        return ShardedIndex.load(path, view=view, ray=ray)
+        return ShardedIndex.load(path, view=view, ray=ray, verify=verify)
     if ray:
         raise InputError(f"{path} is a single index: --ray serves sharded indexes (build one with --shards)")
-    return AdaptiveIndex.load(path, view=view)
+    return AdaptiveIndex.load(path, view=view, verify=verify)
 
 
 # --- where a shard's rows come from ------------------------------------------------------------------
@@ -228,19 +229,20 @@ class ShardedIndex:
 
     # --- loading ----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, view: bool = True, ray: bool = False,
+    def load(cls, path: str | os.PathLike, view: bool = True, ray: bool = False, verify: bool = False,
              **actor_options: Any) -> "ShardedIndex":
         """Open a sharded index: every shard in this process (memory-mapped like
-        AdaptiveIndex.load), or with ray=True each in a Ray actor (`actor_options`: Ray's)."""
+        AdaptiveIndex.load; verify=True checks every file's sha256), or with ray=True each in a
+        Ray actor (`actor_options`: num_cpus and Ray's actor options)."""
         path = Path(path).resolve()
         settings = read_sharded_settings(path)
         directories = [path / entry["path"] for entry in settings["shards"]]
         if ray:
             from .scale.actors import actor_shards
 
-            shards = actor_shards(directories, settings, **actor_options)
+            shards = actor_shards(directories, settings, view=view, verify=verify, **actor_options)
         else:
-            shards = [LocalShard(AdaptiveIndex.load(d, view=view)) for d in directories]
+            shards = [LocalShard(AdaptiveIndex.load(d, view=view, verify=verify)) for d in directories]
             for shard, entry in zip(shards, settings["shards"]):
                 if len(shard.index) != entry["count"]:
                     raise ArtifactError(f"{path / entry['path']} holds {len(shard.index)} vectors; "

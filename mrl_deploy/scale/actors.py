@@ -13,10 +13,10 @@ from .cluster import ensure, failure, ray_module
 class ShardServer:
     """The actor's class (made remote in actor_shards): one AdaptiveIndex, memory-mapped."""
 
-    def __init__(self, directory: str, view: bool = True):
+    def __init__(self, directory: str, view: bool = True, verify: bool = False):
         from ..retrieval import AdaptiveIndex
 
-        self.index = AdaptiveIndex.load(directory, view=view)
+        self.index = AdaptiveIndex.load(directory, view=view, verify=verify)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.index, method)(*args, **kwargs)
@@ -58,7 +58,7 @@ def actor_shards(directories: Sequence[Path], settings: dict[str, Any], *, view:
 
     ray, _ = ensure()               # the actors live as long as this session: keep what was started
     remote = ray.remote(ShardServer).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", **options)
-    shards = [ActorShard(remote.remote(str(d), view), Path(d).name) for d in directories]
+    shards = [ActorShard(remote.remote(str(d), view, verify), Path(d).name) for d in directories]
     for shard, entry in zip(shards, settings["shards"]):
         count = RayFuture(shard.actor.count.remote(), f"loading shard {shard.name}").result(timeout)
         if count != entry["count"]:
