@@ -16,3 +16,19 @@ except ImportError:  # the edge install
     HAS_TORCH = False
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the export extra (torch)")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every Ray test of the session (2 CPUs, a small object store, no
+    dashboard); Ray Serve is shut down with it."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mrl-deploy[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, log_to_driver=False,
+             logging_level="WARNING")
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()

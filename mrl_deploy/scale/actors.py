@@ -24,6 +24,12 @@ class ShardServer:
     def count(self) -> int:
         return len(self.index)
 
+    def node(self) -> str:
+        """The Ray node this shard lives on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class RayFuture:
     def __init__(self, ref: Any, what: str):
@@ -50,17 +56,27 @@ class ActorShard:
         ray_module().kill(self.actor)
 
 
-def actor_shards(directories: Sequence[Path], settings: dict[str, Any], *, view: bool = True, num_cpus: float = 0,
-                 timeout: float = 600.0, **options: Any) -> list[ActorShard]:
-    """One actor per shard directory (Ray actor `options`: memory=, resources=, ...), each
-    checked to hold the count sharded.json says before this returns."""
-    from ..errors import ArtifactError
+def actor_shards(directories: Sequence[Path], settings: dict[str, Any], *, view: bool = True, num_cpus: float = 1,
+                 timeout: float = 300.0, **options: Any) -> list[ActorShard]:
+    """One actor per shard directory, each reserving `num_cpus` (a shard's searches keep a core
+    busy; Ray places actors that reserve nothing without spreading them), spread over the nodes;
+    more Ray actor `options` (memory=, resources=, ...) pass through. Each actor is checked to hold
+    the count sharded.json says before this returns."""
+    from ..errors import ArtifactError, MRLDeployError
 
     ray, _ = ensure()               # the actors live as long as this session: keep what was started
     remote = ray.remote(ShardServer).options(num_cpus=num_cpus, scheduling_strategy="SPREAD", **options)
     shards = [ActorShard(remote.remote(str(d), view, verify), Path(d).name) for d in directories]
     for shard, entry in zip(shards, settings["shards"]):
-        count = RayFuture(shard.actor.count.remote(), f"loading shard {shard.name}").result(timeout)
+        try:
+            count = RayFuture(shard.actor.count.remote(), f"loading shard {shard.name}").result(timeout)
+        except Exception as exc:
+            for other in shards:
+                other.close()
+            if isinstance(exc, MRLDeployError) and "GetTimeoutError" in str(exc):
+                raise MRLDeployError(f"shard {shard.name} did not load within {timeout:g} s: the cluster may lack "
+                                     f"room for {len(shards)} shard actors of {num_cpus:g} CPUs each") from None
+            raise
         if count != entry["count"]:
             raise ArtifactError(f"shard {shard.name} holds {count} vectors; the sharded index says {entry['count']}")
     return shards

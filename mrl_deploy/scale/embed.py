@@ -39,9 +39,22 @@ class ShardEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..corpus import embed_shard
 
-        done = [embed_shard(self.artifact, self.plan, int(number), self.directory, **self.options)
-                for number in batch["shard"]]
-        return {key: np.asarray([d[key] for d in done]) for key in ("shard", "count", "seconds")}
+        import ray
+
+        from ..errors import MRLDeployError
+
+        node = ray.get_runtime_context().get_node_id()
+        done = []
+        for number in batch["shard"]:
+            try:
+                done.append({**embed_shard(self.artifact, self.plan, int(number), self.directory, **self.options),
+                             "error": ""})
+            except MRLDeployError as exc:
+                # a user's error (a bad input line) comes back as a row: Ray Data's own wrapping of an
+                # exception keeps only its traceback text, and the user gets one clear line
+                done.append({"shard": int(number), "count": 0, "seconds": 0.0, "error": str(exc)})
+        return {**{key: np.asarray([d[key] for d in done]) for key in ("shard", "count", "seconds", "error")},
+                "node": np.asarray([node] * len(done))}
 
 
 def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | None = None, dtype: str = "f32",
@@ -83,6 +96,10 @@ def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | N
         with connect(address) as ray:
             import ray.data
 
+            # start the whole pool before the first shard goes out (and fail, not hang, when the
+            # cluster cannot hold it): otherwise the first actor up takes most of a small corpus
+            context = ray.data.DataContext.get_current()
+            waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 300
             dataset = ray.data.from_items([{"shard": number} for number in todo], override_num_blocks=len(todo))
             mapped = dataset.map_batches(
                 ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(todo))),
@@ -90,13 +107,22 @@ def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | N
                 fn_constructor_kwargs={"artifact_dir": str(artifact.path), "plan": plan, "directory": str(output),
                                        "runtime": runtime, "variant": variant, "threads": threads,
                                        "batch_size": batch_size})
+            rows = []
             try:
-                done = sum(int(row["count"]) for row in mapped.iter_rows())
+                for row in mapped.iter_rows():
+                    if row["error"]:
+                        raise InputError(str(row["error"]))
+                    rows.append(row)
+            except InputError:
+                raise
             except Exception as exc:
                 raise failure(exc, "embedding") from None
+            finally:
+                context.wait_for_min_actors_s = waited
     else:
-        done = 0
+        rows = []
     seconds = time.perf_counter() - started
     manifest = write_manifest(output, plan, runtime=runtime, variant=variant, concurrency=concurrency,
-                              batch_size=batch_size, embedded=done, seconds=seconds)
+                              batch_size=batch_size, embedded=sum(int(row["count"]) for row in rows),
+                              nodes=len({str(row["node"]) for row in rows}), seconds=seconds)
     return manifest
