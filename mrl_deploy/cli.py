@@ -817,6 +817,11 @@ def tune(
     from .dims import parse_dims
     from .retrieval import AdaptiveIndex, apply_recommendation, tune as run_tune
 
+    from .sharded import is_sharded
+
+    if is_sharded(index_dir):
+        raise MRLDeployError(f"{index_dir} is a sharded index: tune one of its shards (its shards share the settings), "
+                             f"e.g. mrl-deploy tune {index_dir / 'shard-0000'} --queries ...")
     index = AdaptiveIndex.load(index_dir, view=not save, verify=verify)
     vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
     numbers = lambda text: parse_dims(text) if text else None  # noqa: E731
