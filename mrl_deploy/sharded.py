@@ -36,8 +36,7 @@ import numpy as np
 
 from .errors import ArtifactError, InputError
 from .manifest import read_description, staged_directory, write_json_atomic
-from .retrieval import (INDEX_JSON, AdaptiveIndex, Funnel, _as_matrix, _check_finite, _check_keys,
-                        _check_nonzero, document_lines, parse_funnel)
+from .retrieval import INDEX_JSON, AdaptiveIndex, Funnel, _as_matrix, _check_keys, document_lines
 
 FORMAT = "mrl-deploy-sharded-index"
 FORMAT_VERSION = 1
@@ -255,21 +254,10 @@ class ShardedIndex:
             shard.close()
 
     # --- searching ----------------------------------------------------------------------------------
-    def plan(self, k: int, *, shortlist_size: int | None = None, funnel: Funnel | str | None = None) -> list[tuple[int, int]]:
-        """The stages every shard runs (validated as AdaptiveIndex.plan does; each shard clips the
-        sizes to its own count)."""
-        from .retrieval import _check_funnel
-
-        if funnel is not None and shortlist_size is not None:
-            raise InputError("give a shortlist size or a funnel, not both")
-        if funnel is None:
-            size = int(shortlist_size or self.defaults["shortlist_size"])
-            if size < k:
-                raise InputError(f"shortlist size {size} is smaller than k={k}")
-            funnel = [(self.shortlist_dim, size), (self.rerank_dim, k)]
-        stages = parse_funnel(funnel) if isinstance(funnel, str) else [(int(d), int(s)) for d, s in funnel]
-        _check_funnel(stages, k, self.shortlist_dim, self.rerank_dim)
-        return [(dim, min(size, len(self))) for dim, size in stages]
+    # the same stages and query checks as a single index: both read only the shared settings
+    # (shortlist_dim, rerank_dim, full_dim, defaults) and len(self), which this class has too
+    plan = AdaptiveIndex.plan
+    _check_queries = AdaptiveIndex._check_queries
 
     def search(self, queries: Any, k: int = 10, *, shortlist_size: int | None = None,
                funnel: Funnel | str | None = None, exact: bool = False,
@@ -305,19 +293,6 @@ class ShardedIndex:
                     if document is not None:
                         found[i] = document
         return found.reshape(ids.shape).tolist()
-
-    def _check_queries(self, queries: Any, k: int) -> np.ndarray:
-        q = _as_matrix(queries, "queries")
-        if not self.rerank_dim <= q.shape[1] <= self.full_dim:
-            expected = self.full_dim if self.rerank_dim == self.full_dim else f"{self.rerank_dim}..{self.full_dim}"
-            raise InputError(f"queries have {q.shape[1]} dims; this index takes {expected}")
-        _check_finite(q, "query")
-        _check_nonzero(q, self.shortlist_dim, "query")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        if k > len(self):
-            raise InputError(f"k={k} is larger than the corpus ({len(self)} vectors)")
-        return np.asarray(q, dtype=np.float32)
 
 
 def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
