@@ -56,8 +56,8 @@ class ActorShard:
         ray_module().kill(self.actor)
 
 
-def actor_shards(directories: Sequence[Path], settings: dict[str, Any], *, view: bool = True, num_cpus: float = 1,
-                 timeout: float = 300.0, **options: Any) -> list[ActorShard]:
+def actor_shards(directories: Sequence[Path], settings: dict[str, Any], *, view: bool = True, verify: bool = False,
+                 num_cpus: float = 1, timeout: float = 300.0, **options: Any) -> list[ActorShard]:
     """One actor per shard directory, each reserving `num_cpus` (a shard's searches keep a core
     busy; Ray places actors that reserve nothing without spreading them), spread over the nodes;
     more Ray actor `options` (memory=, resources=, ...) pass through. Each actor is checked to hold

@@ -27,12 +27,16 @@ GPU_RUNTIMES = ("ort-cuda", "ort-trt", "tensorrt", "torch-cuda")
 class ShardEmbedder:
     """The map_batches class: one artifact and one runtime session per actor."""
 
-    def __init__(self, artifact_dir: str, plan: dict[str, Any], directory: str, runtime: str, variant: str,
-                 threads: int | None, batch_size: int):
+    def __init__(self, artifact_dir: str, directory: str, runtime: str, variant: str, threads: int | None,
+                 batch_size: int):
         from ..artifact import Artifact
+        from ..corpus import PLAN_JSON
+        from ..manifest import read_description
 
         self.artifact = Artifact.load(artifact_dir)
-        self.plan, self.directory = plan, directory
+        # the plan from the output directory (written before the run): a large corpus's plan is
+        # megabytes, better not carried in every actor's constructor arguments
+        self.plan, self.directory = read_description(directory, PLAN_JSON, "embedding run"), directory
         self.options = {"runtime": runtime, "variant": variant, "threads": threads, "batch_size": batch_size}
         self.artifact.runtime(runtime, variant, threads)      # start the session now, once
 
@@ -104,7 +108,7 @@ def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | N
             mapped = dataset.map_batches(
                 ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(todo))),
                 num_cpus=num_cpus, num_gpus=gpus,
-                fn_constructor_kwargs={"artifact_dir": str(artifact.path), "plan": plan, "directory": str(output),
+                fn_constructor_kwargs={"artifact_dir": str(artifact.path), "directory": str(output),
                                        "runtime": runtime, "variant": variant, "threads": threads,
                                        "batch_size": batch_size})
             rows = []
