@@ -181,6 +181,34 @@ def test_a_dead_run_leaves_no_manifest_and_resume_redoes_only_missing_shards(ray
     assert np.array_equal(resumed, complete)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--concurrency", "0"], "concurrency must be a positive"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--shard-rows", "0"], "shard rows must be a positive"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--dtype", "f8"], "unknown dtype"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--dim", "64"], "above the largest exported dim"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--runtime", "ort-cuda", "--num-gpus", "0"], None),
+    (["embed", "{text}", "{inputs}/missing*.txt", "--ray", "-o", "{out}"], "no .txt, .parquet or .npy files"),
+    (["embed", "{text}", "{inputs}", "-o", "{out}.npy", "--concurrency", "2"], "only with --ray"),
+    (["serve", "{text}", "--ray", "--replicas", "0"], "replicas must be a positive"),
+    (["serve", "{text}", "--replicas", "2"], "only with --ray"),
+])
+def test_ray_command_errors_are_one_line(text, corpus_files, root, args, message):
+    """Bad options fail with the library's one-line error (what `main` prints as `error: ...`,
+    exit 2) before any Ray work starts and before anything is written."""
+    from typer.testing import CliRunner
+
+    from mrl_deploy.cli import app
+    from mrl_deploy.errors import MRLDeployError
+
+    folder, _ = corpus_files
+    command = [a.format(text=text.path, inputs=folder, out=root / "bad_out") for a in args]
+    result = CliRunner().invoke(app, command)
+    assert isinstance(result.exception, MRLDeployError), (result.output, result.exception)
+    assert message is None or message in str(result.exception), str(result.exception)
+    assert "\n" not in str(result.exception)
+    assert not (root / "bad_out").exists() and not (root / "bad_out.npy").exists()
+
+
 # --- sharded index on Ray -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -153,6 +153,10 @@ def build_application(artifact_dir: str | Path, index_dir: str | Path | None = N
 
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
         raise InputError(f"replicas must be a positive integer, got {replicas!r}")
+    if not num_cpus >= 0 or (num_gpus is not None and not num_gpus >= 0):
+        raise InputError(f"CPUs and GPUs per replica must be >= 0, got {num_cpus} and {num_gpus}")
+    if not timeout > 0:
+        raise InputError(f"the timeout must be positive, got {timeout}")
     artifact_dir = Path(artifact_dir).resolve()
     artifact = Artifact.load(artifact_dir, verify=False)
     runtime = resolve_runtime(runtime, artifact, variant)
