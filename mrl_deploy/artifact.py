@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ArtifactError, InputError, MRLDeployError, require
 from .manifest import read_manifest, verify_files
-from .tokenization import encode, load_tokenizer
+from .tokenization import encode, load_tokenizer, overflowing
 
 
 class Artifact:
@@ -179,13 +179,21 @@ class Artifact:
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The model's inputs for `texts` (mrl_deploy.tokenization: the code the Triton tokenizer
         model runs too)."""
+        feed = encode(self._text_tokenizer(), texts)
+        return {name: feed[name] for name in self.input_names}
+
+    def overlong(self, texts: list[str]) -> list[int]:
+        """Indices of the texts past the artifact's max_seq_length tokens: `tokenize` truncates
+        them (as sentence-transformers does)."""
+        return overflowing(self._text_tokenizer(), texts)
+
+    def _text_tokenizer(self):
         with self._lock:
             if self._tokenizer is None:
                 require("tokenizers", "text", "text artifacts")
                 pre = self.manifest["preprocessing"]
                 self._tokenizer = load_tokenizer(self.path / pre["tokenizer"], pre)
-        feed = encode(self._tokenizer, texts)
-        return {name: feed[name] for name in self.input_names}
+        return self._tokenizer
 
     def _texts(self, inputs: Any) -> list[str]:
         if isinstance(inputs, str):

@@ -36,3 +36,9 @@ def encode(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
     }
+
+
+def overflowing(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Indices of the `texts` longer than the tokenizer's max_seq_length (the ones `encode` cuts
+    short): for callers that must refuse such texts instead (TEI's truncate=false)."""
+    return [i for i, e in enumerate(tokenizer.encode_batch(list(texts))) if e.overflowing]

@@ -214,6 +214,42 @@ def test_embed_tei_texts_tensors_and_base64(text, tiny):
     assert "shape" in assert_error(bad_rows, 400)["message"]
 
 
+def test_embed_takes_tei_client_fields_and_refuses_overlong_texts_without_truncate(text):
+    """TEI's /embed fields (truncate, truncation_direction, prompt_name) and its POST / route, which
+    huggingface_hub's InferenceClient posts to. Lengths come from the tokenizers library with no
+    truncation (an independent count), not from the server's own check."""
+    from tokenizers import Tokenizer
+
+    limit = text.manifest["preprocessing"]["max_seq_length"]
+    long_text = " ".join(["matryoshka"] * (2 * limit))
+    raw = Tokenizer.from_file(str(text.path / "tokenizer.json"))
+    raw.no_truncation()
+    raw.no_padding()
+    assert len(raw.encode(long_text).ids) > limit >= len(raw.encode("short one").ids)
+
+    async def main():
+        async with serving(create_app(text)) as client:
+            refused = await client.post("/embed", json={"inputs": ["short one", long_text], "truncate": False})
+            short = (await client.post("/embed", json={"inputs": "short one", "truncate": False})).json()
+            cut = (await client.post("/embed", json={"inputs": [long_text], "truncate": True,
+                                                      "truncation_direction": "Right", "dimensions": 16})).json()
+            root = (await client.post("/", json={"inputs": "short one", "normalize": True, "truncate": None})).json()
+            prompt = await client.post("/embed", json={"inputs": "x", "prompt_name": "query"})
+            left = await client.post("/embed", json={"inputs": "x", "truncation_direction": "Left"})
+            bad = await client.post("/embed", json={"inputs": "x", "truncate": "yes"})
+        return refused, short, cut, root, prompt, left, bad
+
+    refused, short, cut, root, prompt, left, bad = run(main())
+    error = assert_error(refused, 413, "input_too_long")
+    assert error["param"] == "inputs" and f"{limit} tokens" in error["message"] and "inputs[1]" in error["message"]
+    assert cosines(short, text.encode(["short one"])).min() >= 0.9999
+    assert cosines(cut, text.encode([long_text], dim=16)).min() >= 0.9999
+    assert cosines(root, text.encode(["short one"])).min() >= 0.9999
+    assert assert_error(prompt, 400)["param"] == "prompt_name"
+    assert assert_error(left, 400)["param"] == "truncation_direction"
+    assert assert_error(bad, 400)["param"] == "truncate"
+
+
 def test_classify_one_head_and_the_calibrated_cascade(calibrated, tiny, text):
     from mrl_deploy.cascade import Cascade
 
@@ -708,7 +744,7 @@ def wait_healthy(process, port, seconds=60.0):
     raise AssertionError("the server never became healthy")
 
 
-def test_openai_client_against_mrl_deploy_serve(text, index_dir, tmp_path):
+def test_openai_client_against_mrl_deploy_serve(text, index_dir, tmp_path, monkeypatch):
     """The real CLI under uvicorn on a free loopback port: the official openai client (base64 by
     default, and float), a wrong key, /v1/search over HTTP; SIGTERM exits 0; the process never
     imported torch (-X importtime lists every module it imported); the key is never printed."""
@@ -735,6 +771,12 @@ def test_openai_client_against_mrl_deploy_serve(text, index_dir, tmp_path):
             client.embeddings.create(model="tiny-text", input="x", dimensions=64)
         search = httpx.post(f"http://127.0.0.1:{port}/v1/search", json={"input": "dolls", "k": 2},
                             headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+        from huggingface_hub import InferenceClient, constants   # TEI's client: posts to the base URL
+
+        # make test sets HF_HUB_OFFLINE, which blocks every huggingface_hub request, a loopback one too
+        monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+        tei = InferenceClient(base_url=f"http://127.0.0.1:{port}", api_key=key, timeout=30)
+        tei_vector = tei.feature_extraction(texts[1], normalize=True, truncate=True)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -748,6 +790,7 @@ def test_openai_client_against_mrl_deploy_serve(text, index_dir, tmp_path):
     assert default.usage.prompt_tokens == sum(token_counts(text, texts)) and default.model == "tiny-text"
     assert cosines([floats.data[0].embedding], text.encode(texts[:1], dim=8)).min() >= 0.9999
     assert len(search["data"][0]["results"]) == 2 and "text" in search["data"][0]["results"][0]
+    assert cosines(np.asarray(tei_vector).reshape(1, -1), text.encode(texts[1:])).min() >= 0.9999
     output = log.read_text() + stdout
     imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", output, re.M)
     # (importlib.import_module's own module gets no line, the modules it imports do)

@@ -48,7 +48,7 @@ from .metrics import Metrics  # noqa: E402
 
 log = logging.getLogger("mrl_deploy.serve")
 
-MODEL_PATHS = ("/v1/embeddings", "/embed", "/v1/classify", "/v1/search")
+MODEL_PATHS = ("/v1/embeddings", "/embed", "/", "/v1/classify", "/v1/search")
 LARGE_BODY = 1 << 20          # bodies past 1 MiB are parsed in a worker thread, off the event loop
 LARGE_RESPONSE = 200_000      # numbers past which a response is serialised in a worker thread
 MAX_K = 1000
@@ -95,10 +95,14 @@ class EmbeddingsRequest(_Body):
 
 
 class EmbedRequest(_Body):
-    """text-embeddings-inference's /embed request."""
+    """text-embeddings-inference's /embed request (the fields TEI clients such as
+    huggingface_hub's InferenceClient send: truncate, truncation_direction, prompt_name)."""
     inputs: Any
     dimensions: Optional[StrictInt] = None
     normalize: StrictBool = True
+    truncate: Optional[StrictBool] = None
+    truncation_direction: Optional[Literal["Left", "Right", "left", "right"]] = None
+    prompt_name: Optional[StrictStr] = None
     shape: Optional[list[StrictInt]] = None
 
 
@@ -553,13 +557,28 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if not req.normalize:
             raise ApiError(400, "normalize=false is not available: the artifact's outputs are normalised in the graph "
                                 "(z[:m] / ||z[:m]||)", param="normalize")
+        if req.prompt_name is not None:
+            raise ApiError(400, f"prompt_name {req.prompt_name!r}: this model defines no prompts; put any prefix in "
+                                "the text itself", param="prompt_name")
+        if (req.truncation_direction or "right").lower() != "right":
+            raise ApiError(400, "truncation_direction Left is not available: texts past max_seq_length are cut at the "
+                                "right, as the exported pipeline was verified", param="truncation_direction")
         dim = embedding_dim(req.dimensions)
         items = parse_inputs(artifact, req.inputs, shape=req.shape, param="inputs", max_items=state.max_request_items)
+        if req.truncate is False and artifact.is_text:
+            # TEI's contract: without truncate, an input past the model's length is refused, not cut
+            longer = artifact.overlong(items)
+            if longer:
+                limit = artifact.manifest["preprocessing"]["max_seq_length"]
+                raise ApiError(413, f"inputs[{longer[0]}] has more than {limit} tokens, this model's max_seq_length; "
+                                    "send truncate: true to cut it", param="inputs", code="input_too_long")
         return dim, items
 
+    @app.post("/", openapi_extra=_schema(EmbedRequest), include_in_schema=False)
     @app.post("/embed", openapi_extra=_schema(EmbedRequest))
     async def embed(request: Request) -> Response:
-        """text-embeddings-inference's /embed: a list of vectors."""
+        """text-embeddings-inference's /embed: a list of vectors (also at POST /, TEI's route for
+        the Inference API clients, which post to the base URL)."""
         dim, items = await body(request, EmbedRequest, prepare_embed)
         output = artifact.embedding_output(dim)
         rows = await run(request, items, [output])
