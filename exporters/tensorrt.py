@@ -235,6 +235,10 @@ def _onnx_for(directory: Path, manifest: dict[str, Any], variant: str, tmp: Path
     """The ONNX graph the plan builds from; an fp16 graph is made from the fp32 one when the
     artifact has none (TensorRT 11 without --precision fp16 at export)."""
     models = manifest["models"]
+    base = variant if variant in models else "fp32"
+    if (models[base].get("optimization") or {}).get("applied"):
+        raise MRLDeployError(f"the {base} graph of {directory} is fused for ONNX Runtime (com.microsoft ops that "
+                             "TensorRT cannot parse): re-export with --no-optimize (or --format tensorrt) to build an engine")
     if variant in models:
         return directory / models[variant]["file"]
     from .precision import make_fp16

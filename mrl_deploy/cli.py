@@ -63,6 +63,10 @@ def manifest_tables(manifest: dict) -> list:
         ("inputs", "; ".join(f"{i['name']} {i['dtype']}[{', '.join(map(str, i['shape']))}]" for i in manifest["inputs"])),
         ("encoder FLOPs", f"{flops.get('encoder', 0):,} ({flops.get('unit', '')})"),
         ("opset", str(manifest.get("opset"))),
+        ("graph optimization", "; ".join(
+            f"{variant}: " + (", ".join(f"{op} x{n}" for op, n in info["optimization"]["fused_operators"].items())
+                              if info["optimization"].get("applied") else "none")
+            for variant, info in manifest.get("models", {}).items() if "optimization" in info) or "none"),
         ("cascade", "calibrated" if manifest.get("cascade") else "not calibrated"),
     ]
     for key, value in rows:
@@ -106,6 +110,7 @@ def export(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
     max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Text models: truncate inputs to this many tokens (default: the model's)."),
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or later)."),
+    optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fuse transformer ops for ONNX Runtime (attention, SkipLayerNormalization, BiasGelu) in the fp32 and int8 graphs, kept only where the fused graph verifies against PyTorch too. Default: on for text models, off for others and for --format tensorrt (TensorRT cannot parse the fused ops)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
     """Export an MRL model to an artifact whose outputs are exactly the chosen granularities.
@@ -116,11 +121,13 @@ def export(
     """
     from .artifact import load_inputs
     from .dims import parse_dims
+    from .exporters.onnx import check_optimize_format
     from .exporters.onnx import export as run_export
 
     if fmt not in ("onnx", "tensorrt"):
         raise MRLDeployError(f"unknown --format {fmt!r}: use onnx or tensorrt")
     precisions = parse_csv(",".join(precision))
+    optimize = check_optimize_format(optimize, fmt)
     if fmt == "tensorrt":
         from .exporters.tensorrt import require_tensorrt
 
@@ -135,7 +142,7 @@ def export(
         # an artifact already at --output as it was
         artifact = run_export(
             source, parse_dims(dims), output, all_dims=all_dims, precision=precisions, sample=sample_data,
-            opset=opset, format=fmt, max_batch=max_batch,
+            opset=opset, format=fmt, max_batch=max_batch, optimize=optimize,
             progress=lambda message: console.print(f"  {message}", highlight=False), **options,
         )
     if json_out:

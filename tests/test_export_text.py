@@ -63,6 +63,21 @@ def test_artifact_layout(artifact):
     assert manifest["flops"]["sequence_length"] == 128 and manifest["flops"]["encoder"] > 1e8
 
 
+def test_minilm_graph_is_fused(artifact):
+    """--optimize is the default for text models: the six layers' attention, residual
+    LayerNorms and GELUs are ONNX Runtime's fused ops (counted with onnx), and the fused graph is
+    what test_matches_sentence_transformers checks against sentence-transformers."""
+    import collections
+
+    import onnx
+
+    ops = collections.Counter(node.op_type for node in onnx.load(artifact.path / "model.onnx").graph.node)
+    assert ops["Attention"] == 6 and ops["SkipLayerNormalization"] == 12 and ops["BiasGelu"] == 6
+    assert ops["Softmax"] == 0 and ops["Gelu"] == 0
+    optimization = artifact.manifest["models"]["fp32"]["optimization"]
+    assert optimization["applied"] and optimization["fused_operators"]["Attention"] == 6
+
+
 def test_text_runtime_path_takes_strings_only(artifact):
     from mrl_deploy.errors import InputError
 
@@ -73,8 +88,14 @@ def test_text_runtime_path_takes_strings_only(artifact):
 def test_layer_norm_before_truncation(model_dir, st_model, tmp_path):
     from mrl_deploy import export
 
-    artifact = export(model_dir, dims=[64], output=tmp_path / "ln", pre_truncation="layer_norm")
+    import collections
+
+    import onnx
+
+    artifact = export(model_dir, dims=[64], output=tmp_path / "ln", pre_truncation="layer_norm", optimize=False)
     assert artifact.manifest["pre_truncation"] == "layer_norm"
+    ops = collections.Counter(node.op_type for node in onnx.load(artifact.path / "model.onnx").graph.node)
+    assert ops["Attention"] == 0 and ops["SkipLayerNormalization"] == 0 and ops["Softmax"] == 6  # --no-optimize
     z = st_model.encode(TEXTS[:3], normalize_embeddings=False)
     z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
     expected = z[:, :64] / np.linalg.norm(z[:, :64], axis=1, keepdims=True)
