@@ -716,8 +716,9 @@ def plot(results, path):
     models = results["models"]
     peers = results.get("peers")
     columns = max(len(models), 2 if peers else 1)
-    fig, axes = plt.subplots(2 if peers else 1, columns, figsize=(6.2 * columns, 5.2 * (2 if peers else 1)), squeeze=False)
-    for ax in axes[0][len(models):]:
+    rows = bool(models) + bool(peers)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 5.6 * rows), squeeze=False)
+    for ax in axes[0][len(models):] if models else ():
         ax.axis("off")
     colors = {"torch-eager fp32": "#7f7f7f", "ort-cpu fp32": "#1f77b4", "ort-cpu fp16": "#ff7f0e",
               "ort-cpu int8": "#2ca02c", "ort-cpu fp16 (unverified)": "#ffbb78", "ort-cpu int8 (unverified)": "#98df8a"}
@@ -756,7 +757,7 @@ def plot(results, path):
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8, title="ratio: vs torch eager", title_fontsize=7)
     if peers:
-        plot_peers(axes[1], peers)
+        plot_peers(axes[-1], peers)
     fig.suptitle(f"Encoder latency, ORT vs torch eager{' and sentence-transformers' if peers else ''}, same threads: "
                  f"{machine_name(results['machine'])}", fontsize=11)
     fig.tight_layout()
@@ -983,7 +984,7 @@ def main(argv=None):
                             "rounds": args.rounds, "text_sequence_lengths": [int(n) for n in args.seq_lens.split(",")],
                             "command": "python benchmarks/encoders.py " + " ".join(argv or sys.argv[1:])},
                "models": {}, "skipped": {}}
-    for name in args.models.split(","):
+    for name in [m for m in args.models.split(",") if m]:  # --models "" runs the peers alone
         try:
             results["models"][name] = bench_model(name, threads_list, batches, args.duration, args.rounds, say,
                                                   seq_lens=[int(n) for n in args.seq_lens.split(",")])
@@ -1005,7 +1006,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoders.json").write_text(json.dumps(results, indent=2) + "\n")
-    if results["models"]:
+    if results["models"] or results.get("peers"):
         plot(results, out / "encoders.png")
     print(f"machine: {machine_name(results['machine'])}")
     for name, model in results["models"].items():
@@ -1028,7 +1029,7 @@ def main(argv=None):
         cosine = f" (min cosine {target['min_cosine']:.4f})" if target.get("min_cosine") is not None else ""
         print(("MET   " if target["met"] else "MISSED") + f" {target['target']}: {target['value']:.2f}x p50"
               f" ({target['value_min']:.2f}x min){cosine}")
-    print(f"wrote {out / 'encoders.json'}" + (f" and {out / 'encoders.png'}" if results["models"] else ""))
+    print(f"wrote {out / 'encoders.json'}" + (f" and {out / 'encoders.png'}" if results["models"] or peers else ""))
     if args.update_readme:
         update_readme(results)
         print(f"updated {ROOT / 'README.md'}")

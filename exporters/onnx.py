@@ -192,7 +192,7 @@ def _verify_int8(path: Path, parts, reference, outputs) -> dict[str, dict[str, f
 
 
 # The variants whose graphs are fused, each after it was made from the plain fp32 graph:
-# - fp32: the fused graph (com.microsoft Attention with packed QKV, SkipLayerNormalization, BiasGelu).
+# - fp32: the fused graph (com.microsoft Attention with packed QKV, BiasGelu).
 # - int8 is quantized from the plain graph, then fused (MultiHeadAttention between int8 Q/K/V
 #   projections). Quantizing the fused graph instead leaves its packed-QKV Attention in fp32 (its
 #   int8 form, QAttention, has no input for the additive attention mask the dynamo graph

@@ -90,11 +90,14 @@ def plain(bert_dir, tmp_path_factory):
 
 def test_text_models_are_fused_by_default(optimized):
     ops = op_types(optimized.path / "model.onnx")
-    assert ops["Attention"] == LAYERS and ops["SkipLayerNormalization"] == 2 * LAYERS and ops["BiasGelu"] == LAYERS
-    assert ops["Softmax"] == 0  # the decomposed attention is gone
+    assert ops["Attention"] == LAYERS and ops["BiasGelu"] == LAYERS
+    assert ops["Softmax"] == 0 and ops["Gelu"] == 0  # the decomposed attention and the bias-GELU are gone
+    # residual + LayerNorm stay apart: ORT's CPU SkipLayerNormalization kernel is the slower one
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * LAYERS + 1
     info = optimized.manifest["models"]["fp32"]["optimization"]
     assert info["applied"] is True
-    assert info["fused_operators"] == {op: ops[op] for op in ("Attention", "SkipLayerNormalization", "BiasGelu")}
+    assert info["fused_operators"] == {"Attention": LAYERS, "BiasGelu": LAYERS}
+    assert info["split_for_cpu"] == {"SkipLayerNormalization": 2 * LAYERS}
     assert info["nodes_after"] < info["nodes_before"]
     assert optimized.manifest["models"]["fp32"]["verification"]["embedding_64"]["min_cosine"] >= 0.99999
 
@@ -116,6 +119,24 @@ def test_fused_graph_keeps_the_interface(optimized, plain):
     assert fused[0][2] == [None, None] and fused[2][2] == [None, 16]
 
 
+def test_cpu_sessions_do_not_fuse_skip_layer_norms(plain, tmp_path, monkeypatch):
+    """ONNX Runtime would fuse the plain graph's residual Add + LayerNorm into its slower CPU
+    SkipLayerNormalization when a session loads it; mrl-deploy's CPU sessions turn that off."""
+    from mrl_deploy.runtimes import ort as ort_runtime
+
+    real, loaded = ort_runtime.session_options, tmp_path / "as_loaded.onnx"
+
+    def recording(threads=None):
+        options = real(threads)
+        options.optimized_model_filepath = str(loaded)  # ORT writes the graph it runs
+        return options
+
+    monkeypatch.setattr(ort_runtime, "session_options", recording)
+    ort_runtime.create_session(plain.path / "model.onnx", ["CPUExecutionProvider"])
+    ops = op_types(loaded)
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * LAYERS + 1
+
+
 def test_no_optimize_leaves_the_graph_plain(plain, st_model):
     ops = op_types(plain.path / "model.onnx")
     assert not any(ops[op] for op in FUSED_OPS) and ops["Softmax"] == LAYERS
@@ -128,6 +149,7 @@ def test_no_optimize_leaves_the_graph_plain(plain, st_model):
 def test_int8_is_fused_after_quantization_and_fp16_stays_plain(optimized, st_model):
     int8 = op_types(optimized.path / "model.int8.onnx")
     assert int8["MultiHeadAttention"] == LAYERS and int8["MatMulInteger"] > 0 and int8["Attention"] == 0
+    assert int8["SkipLayerNormalization"] == 0
     info = optimized.manifest["models"]["int8"]
     assert info["optimization"]["applied"] is True
     assert info["bytes"] == (optimized.path / "model.int8.onnx").stat().st_size
