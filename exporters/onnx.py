@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import shutil
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -155,7 +156,8 @@ def export(
             if variant == "int8":
                 # calibrated on one part, verified on the other: the bound holds on inputs that
                 # calibration never saw, and the calibration-set numbers are kept beside it
-                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], parts["calibration"]))
+                info.update(_make_variant(variant, stage / VARIANT_FILES["fp32"], stage / info["file"], parts["calibration"],
+                                          smooth=optimize))
                 info["verification"] = _verify_int8(stage / info["file"], parts, reference, outputs)
                 info["verification_inputs"] = {part: _feed_rows(feeds) for part, feeds in parts.items()}
                 say(f"{variant}: held out: " + _summary(info["verification"]) + "; calibration set: "
@@ -193,12 +195,13 @@ def _verify_int8(path: Path, parts, reference, outputs) -> dict[str, dict[str, f
 
 # The variants whose graphs are fused, each after it was made from the plain fp32 graph:
 # - fp32: the fused graph (com.microsoft Attention with packed QKV, BiasGelu).
-# - int8 is quantized from the plain graph, then fused (MultiHeadAttention between int8 Q/K/V
-#   projections). Quantizing the fused graph instead leaves its packed-QKV Attention in fp32 (its
-#   int8 form, QAttention, has no input for the additive attention mask the dynamo graph
-#   computes): a quarter of the encoder's weights stayed fp32 and that int8 graph ran 1.2-1.3x
-#   slower than int8 of the plain graph (MiniLM, 1 thread, 128 tokens); fused after
-#   quantization it ran ~5% faster than the unfused int8 at the same verified cosine.
+# - int8 is quantized from the plain graph (smoothed first: exporters/smoothing.py), then fused
+#   (MultiHeadAttention between int8 Q/K/V projections). Quantizing the fused graph instead
+#   leaves its packed-QKV Attention in fp32 (its int8 form, QAttention, has no input for the
+#   additive attention mask the dynamo graph computes): a quarter of the encoder's weights stayed
+#   fp32 and that int8 graph ran 1.2-1.3x slower than int8 of the plain graph (MiniLM, 1 thread,
+#   128 tokens); fused after quantization it ran ~5% faster than the unfused int8 at the same
+#   verified cosine.
 # - fp16 stays unfused: it serves GPUs and TensorRT builds fp16 engines from it (TensorRT cannot
 #   parse com.microsoft ops), and on CPU fp16 is no faster than fp32.
 OPTIMIZED_VARIANTS = ("fp32", "int8")
@@ -381,13 +384,26 @@ def _run_torch(module, feed: dict[str, np.ndarray], outputs) -> dict[str, np.nda
     return {o["name"]: v.detach().float().numpy() for o, v in zip(outputs, values)}
 
 
-def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[str, np.ndarray]],
+                  smooth: bool = False) -> dict[str, Any]:
     from . import precision as precision_mod
 
     if variant == "fp16":
         return precision_mod.make_fp16(fp32_path, path) or {}
     # the calibration part of the verification feeds calibrates int8 (layers whose quantization
     # misses the bounds on it stay fp32); the held-out part is kept for verifying the result
+    if smooth:  # optimize: move activation outliers into the weights first, so fewer layers stay fp32
+        from .smoothing import smooth_activations
+
+        with tempfile.TemporaryDirectory(prefix=".smooth.", dir=path.parent) as tmp:
+            smoothed = Path(tmp) / fp32_path.name
+            smoothing = smooth_activations(fp32_path, smoothed, feeds)
+            if smoothing is not None:
+                try:
+                    return dict(precision_mod.make_int8(smoothed, path, sample=feeds) or {}, smoothing=smoothing)
+                except VerificationError as exc:  # quantize the graph as exported instead
+                    failed = dict(smoothing, applied=False, note=f"int8 of the smoothed graph failed: {exc}")
+                    return dict(precision_mod.make_int8(fp32_path, path, sample=feeds) or {}, smoothing=failed)
     return precision_mod.make_int8(fp32_path, path, sample=feeds) or {}
 
 

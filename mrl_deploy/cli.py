@@ -110,7 +110,7 @@ def export(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
     max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Text models: truncate inputs to this many tokens (default: the model's)."),
     opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or later)."),
-    optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fuse transformer ops for ONNX Runtime (attention, bias + GELU) in the fp32 and int8 graphs, kept only where the fused graph verifies against PyTorch too. Default: on for text models, off for others and for --format tensorrt (TensorRT cannot parse the fused ops)."),
+    optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fuse transformer ops for ONNX Runtime (attention, bias + GELU) in the fp32 and int8 graphs, and smooth activation outliers into the weights before int8; each kept only where it verifies against PyTorch too. Default: on for text models, off for others and for --format tensorrt (TensorRT cannot parse the fused ops)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
     """Export an MRL model to an artifact whose outputs are exactly the chosen granularities.

@@ -152,6 +152,7 @@ def test_int8_is_fused_after_quantization_and_fp16_stays_plain(optimized, st_mod
     assert int8["SkipLayerNormalization"] == 0
     info = optimized.manifest["models"]["int8"]
     assert info["optimization"]["applied"] is True
+    assert info["smoothing"]["applied"] is True and info["smoothing"]["matmuls_rescaled"] == 6 * LAYERS
     assert info["bytes"] == (optimized.path / "model.int8.onnx").stat().st_size
     expected = st_model.encode(TEXTS, truncate_dim=64, normalize_embeddings=True)
     got = optimized.encode(TEXTS, dim=64, variant="int8", runtime="ort-cpu")
