@@ -44,6 +44,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -528,8 +529,6 @@ def our_runners(artifacts, threads):
 
 def peer_quality(worker, peer_names, runners, dims, texts):
     """Per runner and dim: cosine of its embeddings to sentence-transformers on torch fp32."""
-    import tempfile
-
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         def peer(runner, dim):
@@ -557,8 +556,6 @@ def cold_starts(artifact, python, model_dir, repeats, threads, say):
     """Process start to first embedding, each a fresh process, the commands taking turns:
     `mrl-deploy embed` on the artifact (one text, --dim 64), and a python that imports
     sentence_transformers, loads the model (torch, and the ONNX backend) and encodes that text."""
-    import tempfile
-
     executable = Path(sys.executable).parent / "mrl-deploy"
     mrl = [str(executable)] if executable.is_file() else [sys.executable, "-m", "mrl_deploy.cli"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads),
@@ -638,10 +635,95 @@ def bench_peers(threads_list, batches, seq_lens, dims, duration, rounds, cold_re
             worker.close()
     result["cold_start"] = cold_starts(artifact, python, model_dir, cold_repeats, threads_list[0], say)
     result["cold_start_threads"] = threads_list[0]
+    if 1 in threads_list and 128 in seq_lens:
+        say("peers: the fp32 GEMM floor and ORT's per-op profiles at 1 thread, batch 1, 128 tokens")
+        result["why"] = explain_targets(artifact, plain, 1)
     artifact.close()
     plain.close()
     result["targets"] = peer_targets(result)
     return result
+
+
+def _profile_session(path, threads, profile_prefix=None):
+    """An ORT CPU session set up as mrl-deploy's ort-cpu runtime sets up its own."""
+    import onnxruntime as ort
+
+    from mrl_deploy.runtimes.ort import CPU_DISABLED_OPTIMIZERS, session_options
+
+    options = session_options(threads)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+
+
+def op_profile(path, feed, threads, runs=20):
+    """ORT's per-operator profile of `runs` calls: ms per call by op type, largest first."""
+    import collections
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _profile_session(path, threads, str(Path(tmp) / "profile"))
+        names = {i.name for i in session.get_inputs()}
+        feed = {name: feed.get(name, np.zeros_like(feed["input_ids"])) for name in names}  # token_type_ids: zeros
+        for _ in range(3 + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+            calls[event["args"]["op_name"]] += 1
+    total = sum(per_op.values())
+    scale = 1e-3 / (3 + runs)
+    return {"kernel_ms_per_call": total * scale,
+            "ops": {op: {"ms": us * scale, "share": us / total, "nodes": calls[op] // (3 + runs)}
+                    for op, us in per_op.most_common(8)}}
+
+
+def gemm_floor(plain_artifact, threads, seq_len):
+    """The fp32 projections of one batch-1 pass (every MatMul with a weight in the plain graph:
+    x[seq_len, K] @ W[K, N]) timed one by one as single-MatMul graphs in ORT, summed: the time no
+    fp32 runtime on these kernels gets below, attention, norms and glue left out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mrl_deploy.bench import time_calls
+
+    model = onnx.load(str(plain_artifact.model_file("fp32")))
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
+    shapes = [weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    seconds, flops = 0.0, 0
+    for (k, n), count in sorted({s: shapes.count(s) for s in shapes}.items()):
+        weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq_len, k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq_len, n])], [weight])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "gemm.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+            session = _profile_session(path, threads)
+        x = np.random.default_rng(1).standard_normal((seq_len, k)).astype(np.float32)
+        seconds += count * float(np.median(time_calls(lambda: session.run(None, {"x": x}), 0.5, warmup=0.1)))
+        flops += count * 2 * seq_len * k * n
+    return {"seq_len": seq_len, "matmuls": len(shapes), "ms": seconds * 1e3, "gflops": flops / 1e9,
+            "gflop_per_s": flops / seconds / 1e9}
+
+
+def explain_targets(artifact, plain, threads, seq_len=128):
+    """Why the latency targets land where they do: the fp32 GEMM floor, and ORT's per-op profile
+    of our fp32 and int8 graphs and sentence-transformers' ONNX graphs at batch 1."""
+    from mrl_deploy.bench import bench_feed
+
+    feed = bench_feed(artifact, 1, seq_len=seq_len)
+    profiles = {"mrl-deploy fp32": op_profile(artifact.model_file("fp32"), feed, threads)}
+    if "int8" in artifact.variants:
+        profiles["mrl-deploy int8"] = op_profile(artifact.model_file("int8"), feed, threads)
+    for name, file_name in (("st onnx", "model.onnx"), ("st onnx int8", None)):
+        candidates = sorted((PEER_MODEL / "onnx").glob("model_qint8_*.onnx")) if file_name is None else [PEER_MODEL / "onnx" / file_name]
+        if candidates and candidates[0].is_file():
+            profiles[name] = op_profile(candidates[0], feed, threads)
+    return {"threads": threads, "batch": 1, "seq_len": seq_len, "gemm_floor": gemm_floor(plain, threads, seq_len),
+            "profiles": profiles}
 
 
 def peer_targets(peers):
@@ -929,6 +1011,16 @@ def peers_table(results):
     lines += ["", f"| cold start ({peers['cold_start_threads']} thread(s), one text) | p50 s | min s |", "| --- | ---: | ---: |"]
     for name, cold in peers["cold_start"].items():
         lines.append(f"| {name} | {cold['p50_s']:.2f} | {cold['min_s']:.2f} |")
+    why = peers.get("why")
+    if why:
+        floor = why["gemm_floor"]
+        lines += ["", f"Why, at {why['threads']} thread, batch 1, {why['seq_len']} tokens: the {floor['matmuls']} fp32 "
+                  f"projections alone ({floor['gflops']:.2f} GFLOP), each timed as a one-MatMul ORT graph, take "
+                  f"{floor['ms']:.1f} ms ({floor['gflop_per_s']:.0f} GFLOP/s). ORT's per-op profile (kernel time per call, "
+                  "largest op types):", "", "| graph | kernel ms | largest op types (share) |", "| --- | ---: | --- |"]
+        for name, profile in why["profiles"].items():
+            ops = ", ".join(f"{op} {v['share']:.0%}" for op, v in list(profile["ops"].items())[:5])
+            lines.append(f"| {name} | {profile['kernel_ms_per_call']:.1f} | {ops} |")
     return lines
 
 
@@ -1025,6 +1117,12 @@ def main(argv=None):
                   + " ".join(f"{name}={ms:.2f}ms({vs.get(name, float('nan')):.2f}x)" for name, ms in row["p50_ms"].items()))
         for name, cold in peers["cold_start"].items():
             print(f"cold start {name}: p50 {cold['p50_s']:.2f} s (min {cold['min_s']:.2f} s)")
+        if peers.get("why"):
+            floor = peers["why"]["gemm_floor"]
+            print(f"fp32 GEMM floor (batch 1, {floor['seq_len']} tokens): {floor['ms']:.1f} ms at {floor['gflop_per_s']:.0f} GFLOP/s")
+            for name, profile in peers["why"]["profiles"].items():
+                print(f"profile {name}: {profile['kernel_ms_per_call']:.1f} ms: " + ", ".join(
+                    f"{op} {v['share']:.0%}" for op, v in list(profile["ops"].items())[:5]))
     for target in results["targets"] + (peers["targets"] if peers else []):
         cosine = f" (min cosine {target['min_cosine']:.4f})" if target.get("min_cosine") is not None else ""
         print(("MET   " if target["met"] else "MISSED") + f" {target['target']}: {target['value']:.2f}x p50"
