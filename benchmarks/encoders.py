@@ -3,7 +3,7 @@ int8 on CPU, for the MiniLM, ResNet-50 and demo-model artifacts.
 
     .venv/bin/python benchmarks/encoders.py                       # all models + peers, ~20 minutes on 2 cores
     .venv/bin/python benchmarks/encoders.py --models minilm --duration 2 --threads 1
-    .venv/bin/python benchmarks/encoders.py --models demo --no-peers --duration 0.2    # a smoke test
+    .venv/bin/python benchmarks/encoders.py --quick            # smoke test (writes to benchmarks/.cache)
 
 What is timed: one call on one batch, outputs included (every exported embedding and logits).
   torch-eager  the same module that was exported (encoder + truncation + re-normalisation + heads),
@@ -1059,7 +1059,14 @@ def main(argv=None):
     parser.add_argument("--peer-dims", default=",".join(_dim_key(d) for d in PEER_DIMS),
                         help="peers: truncate_dim / --dim values, 'full' for none")
     parser.add_argument("--cold-starts", type=int, default=5, help="peers: fresh processes per cold-start command")
+    parser.add_argument("--quick", action="store_true", help="smoke test, end to end in a few minutes (once the "
+                        "exports and the peers' venv are cached): MiniLM at batch 1, peers at 128 tokens and dim 64, "
+                        "0.2 s per runner, one cold start each; writes to benchmarks/.cache/encoders_quick/")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.batches, args.seq_lens, args.duration, args.rounds = "minilm", "1", "16", 0.2, 1
+        args.peer_batches, args.peer_seq_lens, args.peer_dims, args.cold_starts = "1", "128", "64", 1
+        args.out, args.update_readme = str(CACHE / "encoders_quick"), False
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from mrl_deploy.bench import machine_info, machine_name
