@@ -11,8 +11,8 @@ Heavy modules (torch, onnx) are imported only by the functions that need them.
 from __future__ import annotations
 
 from .errors import MRLDeployError
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Artifact", "AdaptiveIndex", "Cascade", "MRLDeployError", "export", "__version__"]
 
 

@@ -36,7 +36,11 @@ import numpy as np
 
 from .errors import ArtifactError, InputError
 from .manifest import read_description, staged_directory, write_json_atomic
-from .retrieval import INDEX_JSON, AdaptiveIndex, Funnel, _as_matrix, _check_keys, document_lines
+from .retrieval.documents import document_lines
+from .retrieval.files import INDEX_JSON
+from .retrieval.index import AdaptiveIndex
+from .retrieval.stages import Funnel, check_queries, plan_stages
+from .retrieval.vectors import as_matrix, check_keys
 
 FORMAT = "mrl-deploy-sharded-index"
 FORMAT_VERSION = 1
@@ -202,9 +206,9 @@ class ShardedIndex:
             if keys is None:
                 raise InputError("vectors given as file slices need their keys as slices too")
         else:
-            vectors = _as_matrix(vectors, "vectors")
+            vectors = as_matrix(vectors, "vectors")
             count = len(vectors)
-            keys = _check_keys(np.arange(count) if keys is None else keys, count)
+            keys = check_keys(np.arange(count) if keys is None else keys, count)
         document_lines(texts, metadata, count)      # checked here, stored by each shard
         ranges = split_rows(count, shards)
         specs = [ShardSpec(i, _cut(vectors, a, b), _cut(keys, a, b), None if texts is None else list(texts[a:b]),
@@ -254,16 +258,19 @@ class ShardedIndex:
             shard.close()
 
     # --- searching ----------------------------------------------------------------------------------
-    # the same stages and query checks as a single index: both read only the shared settings
-    # (shortlist_dim, rerank_dim, full_dim, defaults) and len(self), which this class has too
-    plan = AdaptiveIndex.plan
-    _check_queries = AdaptiveIndex._check_queries
+    # the same stages and query checks as a single index (stages.py): planned once here from the
+    # shared settings, then run by every shard
+    def plan(self, k: int, *, shortlist_size: int | None = None, funnel: Funnel | str | None = None,
+             count: int | None = None) -> list[tuple[int, int]]:
+        """The stages a search runs (AdaptiveIndex.plan over the whole sharded corpus)."""
+        return plan_stages(self.settings, k, len(self) if count is None else count,
+                           shortlist_size=shortlist_size, funnel=funnel)
 
     def search(self, queries: Any, k: int = 10, *, shortlist_size: int | None = None,
                funnel: Funnel | str | None = None, exact: bool = False,
                expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """AdaptiveIndex.search over every shard; the shards' top k merged by score."""
-        q = self._check_queries(queries, k)
+        q = check_queries(self.settings, queries, k, len(self))
         if exact:
             futures = [shard.submit("exact", q, int(min(k, n))) for shard, n in zip(self.shards, self._counts)]
         else:
@@ -327,7 +334,7 @@ def _cut(part: Any, start: int, stop: int) -> Any:
 
 
 def _top_settings(entries: list[dict[str, Any]], source: dict | None) -> dict[str, Any]:
-    from . import __version__
+    from .version import __version__
 
     first = entries[0]["settings"]
     for entry in entries[1:]:

@@ -129,7 +129,7 @@ def test_save_load_and_view_round_trip(data, index, tmp_path):
 
 
 def test_interrupted_save_leaves_the_previous_index(data, index, tmp_path, monkeypatch):
-    import mrl_deploy.retrieval as retrieval
+    import mrl_deploy.retrieval.index as retrieval_index
 
     path = index.save(tmp_path / "index")
     before = {p.name: p.read_bytes() for p in path.iterdir()}
@@ -139,7 +139,7 @@ def test_interrupted_save_leaves_the_previous_index(data, index, tmp_path, monke
         target.write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(retrieval, "_save_npy", fail)
+    monkeypatch.setattr(retrieval_index, "save_npy", fail)
     with pytest.raises(OSError, match="disk full"):
         other.save(path)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

@@ -1,0 +1,67 @@
+"""The vectors an index takes: the truncate-then-renormalise rule and the checks on vectors and
+keys that every index (single or sharded) applies before it builds or adds anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+CHUNK_ROWS = 65536          # rows normalised / added / scanned at a time: bounded memory at 1M+
+
+
+def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """z[:dim] / ||z[:dim]|| as float32 (the truncate-then-renormalise rule)."""
+    part = np.asarray(vectors[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(part, axis=1, keepdims=True)
+    return part / np.maximum(norms, 1e-30)
+
+
+def as_matrix(vectors: Any, what: str) -> np.ndarray:
+    """`vectors` as a 2-D real array (one row per vector; a single 1-D vector becomes one row),
+    never copied: a memory-mapped .npy stays memory-mapped."""
+    array = np.asarray(vectors)
+    if array.ndim == 1 and array.size:
+        array = array[None]
+    if array.ndim != 2:
+        raise InputError(f"{what} must be a 2-D array (rows x dims), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise InputError(f"no {what} given (0 rows)")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{what} must be real numbers, got dtype {array.dtype}")
+    return array
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    for start in range(0, len(array), CHUNK_ROWS):
+        block = np.asarray(array[start:start + CHUNK_ROWS], dtype=np.float32)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            raise InputError(f"{what} row {start + int(np.argmax(bad))} contains NaN or infinite values")
+
+
+def check_nonzero(array: np.ndarray, dim: int, what: str) -> None:
+    """A zero prefix has no direction: cosine search cannot rank it."""
+    for start in range(0, len(array), CHUNK_ROWS):
+        norms = np.linalg.norm(np.asarray(array[start:start + CHUNK_ROWS, :dim], dtype=np.float32), axis=1)
+        if (norms == 0).any():
+            raise InputError(f"{what} row {start + int(np.argmax(norms == 0))} is all zeros in its first {dim} dims")
+
+
+def check_keys(keys: Any, count: int, existing: np.ndarray | None = None) -> np.ndarray:
+    """One unique non-negative integer id per vector (none of them in `existing`), as int64."""
+    keys = np.asarray(keys)
+    if keys.shape != (count,):
+        raise InputError(f"keys must be one id per vector ({count}), got shape {keys.shape}")
+    if keys.size and not np.issubdtype(keys.dtype, np.integer):
+        raise InputError(f"keys must be integers, got dtype {keys.dtype}")
+    keys = keys.astype(np.int64)
+    if keys.size and keys.min() < 0:
+        raise InputError("keys must be non-negative (-1 marks a missing result)")
+    if len(np.unique(keys)) != count:
+        raise InputError("keys must be unique")
+    if existing is not None and np.isin(keys, existing).any():
+        raise InputError(f"key {int(keys[np.isin(keys, existing)][0])} is already in the index")
+    return keys
