@@ -1,29 +1,33 @@
-"""Adaptive retrieval side by side: exact full-dim search, usearch HNSW at full dim, and the
-AdaptiveIndex funnel (HNSW shortlist at Ds, rerank at Dr) at several (Ds, dtype, shortlist) settings.
+"""Adaptive retrieval against the peers a user would pick instead, on the same corpus and queries
+in one run: exact search, usearch HNSW at the full dim, faiss (IndexHNSWFlat at the full dim, HNSW
+on the Ds prefix + IndexRefineFlat: the MRL paper's own adaptive retrieval, IVF-PQ +
+IndexRefineFlat), and the AdaptiveIndex funnel (HNSW shortlist at Ds, rerank at Dr).
 
-    .venv/bin/python benchmarks/retrieval.py                   # 1M x 768 synthetic + digits + bbc-news
-    .venv/bin/python benchmarks/retrieval.py --size 100000     # a quick run (writes retrieval_100k.json)
-    .venv/bin/python benchmarks/retrieval.py --no-real         # synthetic only
+    .venv/bin/python benchmarks/retrieval.py                   # 1M x 768, easy + hard corpus, + digits, bbc-news
+    .venv/bin/python benchmarks/retrieval.py --size 200000     # a quicker run (writes retrieval_200k.json)
+    .venv/bin/python benchmarks/retrieval.py --quick           # smoke test: tiny sizes, writes to .cache/
 
-Synthetic corpus (`synthetic_mrl_corpus`, seeded): MRL-like vectors in which the variance decays
-with the dim index, so a prefix carries most (not all) of the signal, as in a trained MRL
-embedding: dim j has scale s_j = (1 + j) ** (-alpha / 2) (alpha 0.7); a vector is a cluster centre
-(count / 1000 clusters, centres ~ N(0, diag(s^2))) plus noise * N(0, diag(s^2)) (noise 0.6), then
-L2-normalised. Queries are fresh draws from the same clusters (not corpus rows). On it, exact
-search at Ds alone finds only part of the full-dim top 10 (the `truncated` rows), so the rerank
-matters.
+Two synthetic corpora (`synthetic_mrl_corpus`, seeded): MRL-like vectors in which the variance
+decays with the dim index: dim j has scale s_j = (1 + j) ** (-alpha / 2); a vector is a cluster
+centre (count / 1000 clusters, centres ~ N(0, diag(s^2))) plus noise * N(0, diag(s^2)), then
+L2-normalised; queries are fresh draws from the same clusters (not corpus rows).
+  easy  alpha 0.7, noise 0.6: a 32-d prefix already ranks well (a shortlist of 200 at Ds=32 holds
+        ~98% of the full-dim top 10)
+  hard  alpha 0.3, noise 1.0: a slowly decaying spectrum; at Ds=32 even 800 candidates hold only
+        ~91% of the top 10, and Ds=128 needs ~300-400 for 0.95 (Ds=256: ~200)
 
-Measured in one run on one machine, all on the same queries:
-  exact numpy      brute force at the full dim, f32 matrix in RAM, BLAS matmul + argpartition
-                   (the ground truth and the QPS baseline of every speed-up)
-  exact usearch    usearch's brute force (exact=True) on a subset of the queries (it is slow)
-  hnsw full-dim    usearch HNSW over the full-dim f32 vectors (what you would deploy without MRL)
-  funnel           mrl_deploy.AdaptiveIndex: HNSW over the Ds prefix (f16 / i8 / b1), shortlist
-                   of k', rerank at Dr from the memory-mapped f16 store (and 3-stage funnels)
-  truncated        exact search at Ds alone (no rerank): what the prefix alone gets
-QPS: the whole query batch at once with all cores (best of --repeats); latency: one query at a
-time. Bytes: the HNSW index as saved (vectors + graph; `shortlist_bytes`), the rerank store
-(memory-mapped from disk, N x Dr x 2), against an f32 full-dim flat index (N x d x 4).
+Every row, same queries: recall@10 against exact numpy search at the full dim, QPS (the whole
+batch at once, all cores: faiss through OpenMP, usearch and the funnel through their thread
+pools; best of --repeats), latency (median ms, one query at a time), build seconds, and bytes:
+  ram_bytes     what must stay resident for the method to run at all (faiss: the whole index,
+                the refine stage's f32 copy of the corpus included; usearch: the index; the
+                funnel: its HNSW shortlist index and the keys)
+  mapped_bytes  the funnel's rerank store, memory-mapped from disk: read k' rows per query
+                (warm in the page cache during these timings; retrieval_scale.py measures it cold)
+For the funnel the time of each stage is measured apart (shortlist_us, rerank_us per query) to say
+where the time goes. Indexes, corpora and ground truth are cached in benchmarks/.cache/retrieval
+by their settings (build seconds kept beside them): a rerun, or a run cut short and restarted,
+rebuilds nothing; every timing is taken again in the run itself.
 Real corpora (MRL models trained here by mrl_deploy.train, cached in benchmarks/.cache):
   digits     small MRL CNN (64-d, nesting 8..64): corpus the train split, queries the test split
   bbc-news   MRL adapter on frozen all-MiniLM-L6-v2 (384-d): corpus the 2225 articles, queries the
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,35 +57,42 @@ K = 10
 # ../shared/ANCHORS.md: the MRL paper's adaptive retrieval and this project's targets
 PAPER = {"setting": "ImageNet-1K, 1.28M x 2048, Ds=16 (HNSW M=32), k=200, Dr=2048, 24-core CPU",
          "result": "same mAP@10 as full-dim search, ~128x fewer FLOPs, ~14x wall clock"}
-TARGETS = {"recall_at_10": 0.95, "speedup_vs_exact": 20.0, "memory_ratio_vs_flat": 16.0}
-# (Ds, dtype, connectivity, shortlist sizes): the funnel settings swept on the synthetic corpus.
-FUNNELS = [
-    (32, "f16", 8, (100, 200, 400, 800)),
-    (64, "i8", 8, (50, 100, 200, 400)),
-    (64, "f16", 16, (50, 100, 200, 400)),
-    (128, "i8", 8, (50, 100, 200)),
-    (256, "b1", 8, (400, 800, 1600)),
-]
-VIEW_CHECK = (64, "i8")   # this setting is also saved, loaded with view=True (memory-mapped) and searched again
-THREE_STAGE = [(32, "f16", [(32, 800), (128, 100), (768, K)]), (64, "i8", [(64, 400), (192, 100), (768, K)])]
-HNSW_EF = (32, 64, 128, 256)
+TARGETS = {"recall_at_10": 0.95, "speedup_vs_exact": 20.0, "memory_ratio_vs_flat": 16.0,
+           "qps_vs_best_peer": 1.5, "ram_vs_best_peer": 0.25}
+CORPORA = {"easy": {"alpha": 0.7, "noise": 0.6}, "hard": {"alpha": 0.3, "noise": 1.0}}
+# Per corpus: the funnels (Ds, dtype, connectivity, shortlist sizes k') and faiss's HNSW on the same
+# prefixes (Ds, k'): the paper's method with the Ds a user would pick for that corpus.
+SETTINGS = {
+    "easy": {"funnels": [(32, "f16", 8, (100, 200, 400)), (64, "i8", 8, (100, 200)), (64, "f16", 16, (100, 200))],
+             "prefix": [(32, (100, 200, 400)), (64, (100, 200))]},
+    "hard": {"funnels": [(128, "f16", 16, (200, 300, 400)), (128, "i8", 16, (300, 400)),
+                         (256, "f16", 16, (150, 200, 300))],
+             "prefix": [(128, (200, 300, 400)), (256, (150, 200, 300))]},
+}
+HNSW_EF = (64, 128, 256)            # full-dim HNSW (usearch M=16, faiss M=32) search widths
+FAISS_M, FAISS_EF_CONSTRUCTION = 32, 128
+IVFPQ = {"subquantizers": 64, "bits": 8, "probes": (16, 32, 64), "k_factors": (10, 20)}
+QUICK = {"size": 3000, "queries": 50, "repeats": 1, "ivfpq": {"subquantizers": 16, "bits": 4, "probes": (8,),
+                                                                 "k_factors": (10,)},
+         "settings": {"easy": {"funnels": [(32, "f16", 8, (50,))], "prefix": [(32, (50,))]},
+                      "hard": {"funnels": [(128, "i8", 8, (100,))], "prefix": [(128, (100,))]}}}
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# --- the synthetic corpus ---------------------------------------------------------------------------
+# --- the synthetic corpora ---------------------------------------------------------------------------
 
-def synthetic_mrl_corpus(count: int, dim: int = 768, *, clusters: int | None = None, alpha: float = 0.7,
-                         noise: float = 0.6, seed: int = 0, stream: int = 0, chunk: int = 65536) -> np.ndarray:
-    """`count` x `dim` float32 unit rows, MRL-like (see the module docstring). The same seed gives
-    the same cluster centres; `stream` picks an independent draw of points (0: corpus, 1: queries).
-    Chunks are seeded by (seed, stream, chunk number): the output does not depend on memory."""
+def synthetic_chunks(count: int, dim: int = 768, *, clusters: int | None = None, alpha: float = 0.7,
+                     noise: float = 0.6, seed: int = 0, stream: int = 0, chunk: int = 65536):
+    """Blocks of `count` x `dim` float32 unit rows, MRL-like (see the module docstring). The same
+    seed gives the same cluster centres; `stream` picks an independent draw of points (0: corpus,
+    1: queries). Chunks are seeded by (seed, stream, chunk number): the output does not depend on
+    memory, and a corpus larger than RAM is written block by block."""
     clusters = clusters or max(1, count // 1000)
     scale = (1.0 + np.arange(dim, dtype=np.float32)) ** np.float32(-alpha / 2)
     centres = np.random.default_rng([seed, 0]).standard_normal((clusters, dim), dtype=np.float32) * scale
-    out = np.empty((count, dim), dtype=np.float32)
     for number, start in enumerate(range(0, count, chunk)):
         rng = np.random.default_rng([seed, 1 + stream, number])
         rows = min(chunk, count - start)
@@ -88,8 +100,32 @@ def synthetic_mrl_corpus(count: int, dim: int = 768, *, clusters: int | None = N
         block *= np.float32(noise) * scale
         block += centres[rng.integers(0, clusters, rows)]
         block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start:start + rows] = block
-    return out
+        yield block
+
+
+def synthetic_mrl_corpus(count: int, dim: int = 768, **options) -> np.ndarray:
+    """The whole corpus in RAM (see synthetic_chunks)."""
+    return np.concatenate(list(synthetic_chunks(count, dim, **options)))
+
+
+def write_synthetic(path: Path, count: int, dim: int = 768, dtype: str = "f32", **options) -> np.ndarray:
+    """The corpus as an .npy file, written chunk by chunk (never whole in RAM) and renamed into
+    place when complete; reused when it is there. Returns it memory-mapped."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        say(f"writing {count:,} x {dim} {dtype} synthetic vectors to {path}")
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(
+                {"f32": np.float32, "f16": np.float16}[dtype])), "fortran_order": False, "shape": (count, dim)})
+            for block in synthetic_chunks(count, dim, **options):
+                handle.write(block.astype({"f32": np.float32, "f16": np.float16}[dtype]).tobytes())
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def corpus_options(name: str, size: int) -> dict:
+    return {**CORPORA[name], "clusters": max(1, size // 1000)}
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -126,35 +162,57 @@ def row(method: str, ids, seconds: float, queries: int, truth, base_qps: float |
     return out
 
 
-def synthetic(size: int, dim: int, n_queries: int, usearch_exact_queries: int, repeats: int, funnels, hnsw: bool) -> dict:
-    from mrl_deploy.retrieval import AdaptiveIndex, _usearch, exact_search
+def cached(path: Path, build, save, load) -> tuple[object, float]:
+    """(object, build seconds): loaded from `path` if a previous run built it (its build seconds
+    are kept in path.build.json), else built, timed and saved there."""
+    record = path.with_name(path.name + ".build.json")
+    if record.is_file() and path.exists():
+        return load(path), json.loads(record.read_text())["build_seconds"]
+    begun = time.perf_counter()
+    made = build()
+    seconds = time.perf_counter() - begun
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(made, path)
+    record.write_text(json.dumps({"build_seconds": seconds}))
+    return made, seconds
 
-    Index, usearch_search = _usearch().Index, _usearch().search  # onnxruntime loaded first (see _usearch)
 
-    say(f"generating {size} x {dim} synthetic MRL-like vectors and {n_queries} queries")
-    corpus = synthetic_mrl_corpus(size, dim)
-    queries = synthetic_mrl_corpus(n_queries, dim, clusters=max(1, size // 1000), stream=1)
-    flat_bytes = corpus.nbytes
+def file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+# --- one synthetic corpus, every method --------------------------------------------------------------
+
+def synthetic(name: str, size: int, dim: int, n_queries: int, repeats: int, settings: dict, hnsw: bool,
+              peers: bool, cache: Path) -> dict:
+    from mrl_deploy.retrieval import exact_search
+
+    options = corpus_options(name, size)
+    corpus = write_synthetic(cache / f"{name}_{size}x{dim}.npy", size, dim, **options)
+    queries = synthetic_mrl_corpus(n_queries, dim, stream=1, **options)
+    truth_file = cache / f"{name}_{size}x{dim}.truth{n_queries}.npy"
+    flat_bytes = size * dim * 4
     rows = []
-    say("exact numpy (BLAS) at the full dim: the ground truth")
+    say(f"{name}: exact numpy (BLAS) at the full dim: the ground truth")
     (truth, _), exact_seconds = timed(lambda: exact_search(corpus, queries, K))
+    if truth_file.is_file() and not np.array_equal(np.load(truth_file), truth):
+        say(f"  note: {truth_file} differed from this run's exact search (rewritten)")
+    np.save(truth_file, truth)
     base_qps = n_queries / exact_seconds
-    rows.append(row("exact numpy f32 (BLAS)", truth, exact_seconds, n_queries, truth, base_qps,
-                    kind="exact", dim=dim, index_bytes=flat_bytes, bytes_per_vector=flat_bytes / size))
-    subset = queries[:usearch_exact_queries]
-    say(f"exact usearch on {len(subset)} queries")
-    matches, seconds = timed(lambda: usearch_search(corpus, subset, K, "ip", exact=True, threads=0))
-    rows.append(row("exact usearch f32 (brute force)", np.asarray(matches.keys).astype(np.int64), seconds,
-                    len(subset), truth, base_qps, kind="exact", dim=dim, queries_measured=len(subset)))
-    for ds in sorted({f[0] for f in funnels}):
-        (ids, _), seconds = timed(lambda: exact_search(corpus[:, :ds], queries, K))
+    rows.append(row("exact numpy f32 (BLAS)", truth, exact_seconds, n_queries, truth, base_qps, family="exact",
+                    dim=dim, ram_bytes=flat_bytes, bytes_per_vector=flat_bytes / size))
+    for ds in sorted({f[0] for f in settings["funnels"]}):
+        (ids, _), seconds = timed(lambda: exact_search(corpus, queries, K, dim=ds))
         rows.append(row(f"truncated: exact at Ds={ds} alone (no rerank)", ids, seconds, n_queries, truth, base_qps,
-                        kind="truncated", shortlist_dim=ds))
+                        family="truncated", shortlist_dim=ds))
     if hnsw:
-        rows += hnsw_rows(Index, corpus, queries, truth, base_qps, repeats, flat_bytes)
-    for ds, dtype, connectivity, sizes in funnels:
-        rows += funnel_rows(AdaptiveIndex, corpus, queries, truth, base_qps, repeats, flat_bytes, ds, dtype,
-                            connectivity, sizes)
+        rows += usearch_rows(corpus, queries, truth, base_qps, repeats, cache / f"{name}_{size}")
+    if peers:
+        rows += faiss_rows(corpus, queries, truth, base_qps, repeats, settings, hnsw, cache / f"{name}_{size}")
+    for ds, dtype, connectivity, sizes in settings["funnels"]:
+        rows += funnel_rows(corpus, queries, truth, base_qps, repeats, ds, dtype, connectivity, sizes,
+                            cache / f"{name}_{size}")
+        gc.collect()   # each method's index is freed before the next one is loaded
     # Timed again at the end: other load during the first timing would flatter every speed-up,
     # so speed-ups are against the faster of the two.
     say("exact numpy at the full dim, timed again")
@@ -163,94 +221,209 @@ def synthetic(size: int, dim: int, n_queries: int, usearch_exact_queries: int, r
     best_exact = max(exact_qps.values())
     for r in rows:
         r["speedup_vs_exact"] = r["qps"] / best_exact
-    say(f"exact QPS {exact_qps['start']:.1f} at the start, {exact_qps['end']:.1f} at the end: speed-ups against "
-        f"{best_exact:.1f}")
-    return {"corpus": {"size": size, "dim": dim, "queries": n_queries, "generator": {
-                "function": "synthetic_mrl_corpus", "alpha": 0.7, "noise": 0.6, "clusters": max(1, size // 1000),
-                "seed": 0}}, "flat_f32_bytes": flat_bytes, "exact_qps": best_exact, "exact_qps_timings": exact_qps,
-            "rows": rows}
+        if r.get("ram_bytes"):
+            r["memory_ratio_vs_flat"] = flat_bytes / r["ram_bytes"]
+    result = {"corpus": {"name": name, "size": size, "dim": dim, "queries": n_queries, "generator": {
+                  "function": "synthetic_mrl_corpus", **options, "seed": 0}},
+              "flat_f32_bytes": flat_bytes, "exact_qps": best_exact, "exact_qps_timings": exact_qps, "rows": rows}
+    result["summary"] = summarise(rows)
+    return result
 
 
-def hnsw_rows(Index, corpus, queries, truth, base_qps, repeats, flat_bytes) -> list[dict]:
+def usearch_rows(corpus, queries, truth, base_qps, repeats, stem: Path) -> list[dict]:
+    from mrl_deploy.retrieval import _usearch
+
+    Index = _usearch().Index
     size, dim = corpus.shape
-    say(f"usearch HNSW at the full dim ({dim}, f32, M=16, expansion_add=128): building")
-    index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=16, expansion_add=128)
-    begun = time.perf_counter()
-    index.add(np.arange(size, dtype=np.uint64), corpus, threads=0)
-    build = time.perf_counter() - begun
+    say(f"usearch HNSW at the full dim ({dim}, f32, M=16, expansion_add=128)")
+
+    def build():
+        index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=16, expansion_add=128)
+        for start in range(0, size, 65536):
+            index.add(np.arange(start, min(start + 65536, size), dtype=np.uint64),
+                      np.ascontiguousarray(corpus[start:start + 65536], dtype=np.float32), threads=0)
+        return index
+
+    path = stem.with_name(stem.name + "_usearch_full_M16.usearch")
+    index, build_seconds = cached(path, build, lambda ix, p: ix.save(str(p)), lambda p: Index.restore(str(p)))
     nbytes = index.serialized_length
-    say(f"  built in {build:.0f} s ({size / build:.0f} vectors/s), {nbytes / 2**20:.0f} MiB")
     out = []
     for ef in HNSW_EF:
         index.expansion_search = ef
         matches, seconds = timed(lambda: index.search(queries, K, threads=0), repeats)
         one = latency_ms(lambda q: index.search(q, K, threads=0), queries)
-        out.append(row(f"hnsw full-dim f32 M=16 ef={ef}", np.asarray(matches.keys).astype(np.int64), seconds,
-                       len(queries), truth, base_qps, kind="hnsw", dim=dim, dtype="f32", connectivity=16,
-                       expansion_search=ef, build_seconds=build, index_bytes=nbytes, bytes_per_vector=nbytes / size,
-                       memory_ratio_vs_flat=flat_bytes / nbytes, latency_ms=one))
-    del index
-    gc.collect()
+        out.append(row(f"usearch HNSW full-dim f32 M=16 ef={ef}", np.asarray(matches.keys).astype(np.int64), seconds,
+                       len(queries), truth, base_qps, family="usearch-hnsw", peer=True, dim=dim, dtype="f32",
+                       connectivity=16, expansion_search=ef, build_seconds=build_seconds, ram_bytes=nbytes,
+                       bytes_per_vector=nbytes / size, latency_ms=one))
     return out
 
 
-def funnel_rows(AdaptiveIndex, corpus, queries, truth, base_qps, repeats, flat_bytes, ds, dtype, connectivity,
-                sizes) -> list[dict]:
+def faiss_rows(corpus, queries, truth, base_qps, repeats, settings, hnsw: bool, stem: Path) -> list[dict]:
+    """faiss, as a user would run it: everything in RAM, OpenMP over all cores."""
+    import faiss
+
+    from mrl_deploy.retrieval import prefix
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     size, dim = corpus.shape
-    say(f"AdaptiveIndex Ds={ds} {dtype} M={connectivity}: building")
-    begun = time.perf_counter()
-    index = AdaptiveIndex.build(corpus, shortlist_dim=ds, rerank_dim=dim, dtype=dtype, connectivity=connectivity)
-    build = time.perf_counter() - begun
-    nbytes = index.shortlist_bytes
-    say(f"  built in {build:.0f} s ({size / build:.0f} vectors/s), shortlist {nbytes / 2**20:.0f} MiB, "
-        f"rerank store {index.rerank_bytes / 2**20:.0f} MiB")
-    common = {"kind": "funnel", "shortlist_dim": ds, "rerank_dim": dim, "dtype": dtype, "connectivity": connectivity,
-              "rerank_dtype": index.rerank_dtype, "build_seconds": build, "index_bytes": nbytes,
-              "bytes_per_vector": nbytes / size, "memory_ratio_vs_flat": flat_bytes / nbytes,
-              "rerank_bytes": index.rerank_bytes}
+    flat_bytes = size * dim * 4
     out = []
-    for shortlist in sizes:
-        (ids, _), seconds = timed(lambda: index.search(queries, K, shortlist_size=shortlist), repeats)
-        one = latency_ms(lambda q: index.search(q, K, shortlist_size=shortlist), queries)
-        out.append(row(f"funnel Ds={ds} {dtype} M={connectivity} k'={shortlist} -> Dr={dim}", ids, seconds,
-                       len(queries), truth, base_qps, shortlist_size=shortlist, expansion_search=shortlist,
-                       latency_ms=one, **common))
-    if (ds, dtype) == VIEW_CHECK:
-        out += view_rows(index, queries, truth, base_qps, repeats, sizes, common)
-    for stage_ds, stage_dtype, stages in THREE_STAGE:
-        if (stage_ds, stage_dtype) == (ds, dtype) and stages[-1][0] <= dim:
-            (ids, _), seconds = timed(lambda: index.search(queries, K, funnel=stages), repeats)
-            text = " -> ".join(f"{d}:{s}" for d, s in stages)
-            out.append(row(f"funnel Ds={ds} {dtype} M={connectivity} {text}", ids, seconds, len(queries), truth,
-                           base_qps, funnel=stages, **common))
-    del index
-    gc.collect()
+
+    def hnsw_index(ds):
+        def build():
+            index = faiss.IndexHNSWFlat(ds, FAISS_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = FAISS_EF_CONSTRUCTION
+            for start in range(0, size, 65536):
+                index.add(prefix(corpus[start:start + 65536], ds))
+            return index
+        path = stem.with_name(f"{stem.name}_faiss_hnsw_{ds}_M{FAISS_M}.faiss")
+        return cached(path, build, lambda ix, p: faiss.write_index(ix, str(p)), lambda p: faiss.read_index(str(p)))
+
+    if hnsw:
+        say(f"faiss IndexHNSWFlat at the full dim ({dim}, M={FAISS_M}, efConstruction={FAISS_EF_CONSTRUCTION})")
+        index, build_seconds = hnsw_index(dim)
+        nbytes = file_bytes(stem.with_name(f"{stem.name}_faiss_hnsw_{dim}_M{FAISS_M}.faiss"))
+        q = prefix(queries, dim)
+        for ef in HNSW_EF:
+            index.hnsw.efSearch = ef
+            (_, ids), seconds = timed(lambda: index.search(q, K), repeats)
+            one = latency_ms(lambda x: index.search(x, K), q)
+            out.append(row(f"faiss HNSWFlat full-dim M={FAISS_M} ef={ef}", ids, seconds, len(q), truth, base_qps,
+                           family="faiss-hnsw", peer=True, dim=dim, connectivity=FAISS_M, expansion_search=ef,
+                           build_seconds=build_seconds, ram_bytes=nbytes, bytes_per_vector=nbytes / size,
+                           latency_ms=one))
+    refine_data = None
+    for ds, sizes in settings["prefix"]:
+        say(f"faiss HNSW on the Ds={ds} prefix (M={FAISS_M}) + IndexRefineFlat at {dim}: the paper's method")
+        base, build_seconds = hnsw_index(ds)
+        base_bytes = file_bytes(stem.with_name(f"{stem.name}_faiss_hnsw_{ds}_M{FAISS_M}.faiss"))
+        if refine_data is None:
+            refine_data = np.ascontiguousarray(corpus, dtype=np.float32)   # the refine stage's copy, in RAM
+        begun = time.perf_counter()
+        # queries come at the full dim: the HNSW sees their Ds prefix, re-normalised (as built)
+        prefixed = faiss.IndexPreTransform(faiss.NormalizationTransform(ds, 2.0), base)
+        prefixed.prepend_transform(faiss.RemapDimensionsTransform(dim, ds, False))
+        index = faiss.IndexRefineFlat(prefixed, faiss.swig_ptr(refine_data))
+        build_seconds += time.perf_counter() - begun
+        for shortlist in sizes:
+            base.hnsw.efSearch = shortlist
+            index.k_factor = shortlist / K
+            (_, ids), seconds = timed(lambda: index.search(queries, K), repeats)
+            one = latency_ms(lambda x: index.search(x, K), queries)
+            out.append(row(f"faiss HNSW Ds={ds} M={FAISS_M} k'={shortlist} + RefineFlat {dim}", ids, seconds,
+                           len(queries), truth, base_qps, family="faiss-prefix-refine", peer=True, shortlist_dim=ds,
+                           connectivity=FAISS_M, shortlist_size=shortlist, expansion_search=shortlist,
+                           build_seconds=build_seconds, ram_bytes=base_bytes + flat_bytes,
+                           bytes_per_vector=(base_bytes + flat_bytes) / size, latency_ms=one))
+    out += ivfpq_rows(corpus, queries, truth, base_qps, repeats, stem, refine_data)
     return out
 
 
-def view_rows(index, queries, truth, base_qps, repeats, sizes, common) -> list[dict]:
-    """The deployed path: save, load with view=True (HNSW file and rerank store memory-mapped), search."""
-    import tempfile
+def ivfpq_rows(corpus, queries, truth, base_qps, repeats, stem: Path, refine_data) -> list[dict]:
+    import faiss
 
-    from mrl_deploy.retrieval import AdaptiveIndex
+    size, dim = corpus.shape
+    flat_bytes = size * dim * 4
+    lists = int(2 ** round(np.log2(max(16.0, 4 * np.sqrt(size)))))
+    m, bits = IVFPQ["subquantizers"], IVFPQ["bits"]
+    say(f"faiss IVF{lists},PQ{m}x{bits} + IndexRefineFlat at {dim}")
 
+    def build():
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
+        train = np.ascontiguousarray(corpus[np.linspace(0, size - 1, min(size, 64 * lists)).astype(np.int64)],
+                                     dtype=np.float32)
+        index.train(train)
+        for start in range(0, size, 65536):
+            index.add(np.ascontiguousarray(corpus[start:start + 65536], dtype=np.float32))
+        return index
+
+    path = stem.with_name(f"{stem.name}_faiss_ivf{lists}_pq{m}x{bits}.faiss")
+    base, build_seconds = cached(path, build, lambda ix, p: faiss.write_index(ix, str(p)),
+                                 lambda p: faiss.read_index(str(p)))
+    base_bytes = file_bytes(path)
+    if refine_data is None:
+        refine_data = np.ascontiguousarray(corpus, dtype=np.float32)
+    index = faiss.IndexRefineFlat(base, faiss.swig_ptr(refine_data))
     out = []
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        begun = time.perf_counter()
-        index.save(Path(tmp) / "index")
-        saved = time.perf_counter() - begun
-        begun = time.perf_counter()
-        loaded = AdaptiveIndex.load(Path(tmp) / "index", view=True)
-        opened = time.perf_counter() - begun
-        say(f"  saved in {saved:.1f} s, loaded (view) in {opened * 1000:.0f} ms")
-        for shortlist in sizes:
-            (ids, _), seconds = timed(lambda: loaded.search(queries, K, shortlist_size=shortlist), repeats)
-            out.append(row(f"funnel Ds={common['shortlist_dim']} {common['dtype']} M={common['connectivity']} "
-                           f"k'={shortlist} -> Dr={common['rerank_dim']} (loaded, view=True)", ids, seconds,
-                           len(queries), truth, base_qps, shortlist_size=shortlist, view=True, save_seconds=saved,
-                           load_seconds=opened, **common))
-        del loaded
+    for probes in IVFPQ["probes"]:
+        for factor in IVFPQ["k_factors"]:
+            base.nprobe = min(probes, lists)
+            index.k_factor = factor
+            (_, ids), seconds = timed(lambda: index.search(queries, K), repeats)
+            one = latency_ms(lambda x: index.search(x, K), queries)
+            out.append(row(f"faiss IVF{lists},PQ{m} nprobe={base.nprobe} k'={factor * K} + RefineFlat {dim}", ids,
+                           seconds, len(queries), truth, base_qps, family="faiss-ivfpq-refine", peer=True,
+                           lists=lists, probes=base.nprobe, shortlist_size=factor * K, build_seconds=build_seconds,
+                           ram_bytes=base_bytes + flat_bytes, bytes_per_vector=(base_bytes + flat_bytes) / size,
+                           latency_ms=one))
+    return out
+
+
+def funnel_rows(corpus, queries, truth, base_qps, repeats, ds, dtype, connectivity, sizes, stem: Path) -> list[dict]:
+    """AdaptiveIndex built from the memory-mapped corpus straight into its directory (the store
+    streamed to disk), loaded as deployed (view=True: HNSW file and store memory-mapped)."""
+    from mrl_deploy.retrieval import AdaptiveIndex, rerank
+
+    size, dim = corpus.shape
+    say(f"AdaptiveIndex Ds={ds} {dtype} M={connectivity} -> Dr={dim}")
+    path = stem.with_name(f"{stem.name}_funnel_{ds}_{dtype}_M{connectivity}")
+
+    def build():
+        return AdaptiveIndex.build(corpus, shortlist_dim=ds, rerank_dim=dim, dtype=dtype, connectivity=connectivity,
+                                   output=path.with_name(path.name + ".building"))
+
+    def save(index, target):
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(index._path, target)
+
+    _, build_seconds = cached(path, build, save, lambda p: None)
+    index = AdaptiveIndex.load(path, view=False)    # the HNSW graph in RAM; the store memory-mapped
+    ram = index.shortlist_bytes + index.keys.nbytes
+    common = {"family": "funnel", "shortlist_dim": ds, "rerank_dim": dim, "dtype": dtype, "connectivity": connectivity,
+              "rerank_dtype": index.rerank_dtype, "build_seconds": build_seconds, "ram_bytes": ram,
+              "bytes_per_vector": ram / size, "mapped_bytes": index.rerank_bytes}
+    out = []
+    q = np.asarray(queries, dtype=np.float32)
+    for shortlist in sizes:
+        (ids, _), seconds = timed(lambda: index.search(q, K, shortlist_size=shortlist, expansion_search=shortlist),
+                                  repeats)
+        # the two stages apart: where the time goes
+        (rows, _, counts), shortlist_seconds = timed(lambda: index._shortlist_search(q, shortlist, shortlist), repeats)
+        _, rerank_seconds = timed(lambda: rerank(index._store, q, rows, counts, dim, K), repeats)
+        one = latency_ms(lambda x: index.search(x, K, shortlist_size=shortlist, expansion_search=shortlist), q)
+        out.append(row(f"funnel Ds={ds} {dtype} M={connectivity} k'={shortlist} -> Dr={dim}", ids, seconds,
+                       len(q), truth, base_qps, shortlist_size=shortlist, expansion_search=shortlist, latency_ms=one,
+                       shortlist_us=1e6 * shortlist_seconds / len(q), rerank_us=1e6 * rerank_seconds / len(q),
+                       **common))
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """At recall@10 >= 0.95: the fastest funnel, the fastest peer, and the issue's targets
+    (QPS >= 1.5x the best peer's, resident bytes <= 1/4 of its)."""
+    goal = TARGETS["recall_at_10"]
+    funnels = [r for r in rows if r["family"] == "funnel" and r["recall_at_10"] >= goal]
+    peers = [r for r in rows if r.get("peer") and r["recall_at_10"] >= goal]
+    best = max(funnels, key=lambda r: r["qps"]) if funnels else None
+    peer = max(peers, key=lambda r: r["qps"]) if peers else None
+    out = {"recall_at_10": goal, "best_funnel": best and best["method"], "best_peer": peer and peer["method"]}
+    if best:
+        out.update(funnel_recall=best["recall_at_10"], funnel_qps=best["qps"], funnel_ram_bytes=best["ram_bytes"],
+                   speedup_vs_exact=best["speedup_vs_exact"], memory_ratio_vs_flat=best["memory_ratio_vs_flat"])
+    if peer:
+        out.update(peer_recall=peer["recall_at_10"], peer_qps=peer["qps"], peer_ram_bytes=peer["ram_bytes"])
+    if best and peer:
+        out["qps_vs_best_peer"] = best["qps"] / peer["qps"]
+        out["ram_vs_best_peer"] = best["ram_bytes"] / peer["ram_bytes"]
+        out["meets"] = {"qps_vs_best_peer": out["qps_vs_best_peer"] >= TARGETS["qps_vs_best_peer"],
+                        "ram_vs_best_peer": out["ram_vs_best_peer"] <= TARGETS["ram_vs_best_peer"],
+                        "speedup_vs_exact": best["speedup_vs_exact"] >= TARGETS["speedup_vs_exact"],
+                        "memory_ratio_vs_flat": best["memory_ratio_vs_flat"] >= TARGETS["memory_ratio_vs_flat"]}
     return out
 
 
@@ -345,18 +518,10 @@ def labelled_rows(corpus, queries, corpus_y, query_y) -> dict:
     return {"corpus": len(corpus), "queries": len(queries), "dim": full, "rows": out}
 
 
-# --- summary and plot --------------------------------------------------------------------------------
+# --- plot and main -------------------------------------------------------------------------------------
 
-def best_meeting_targets(rows: list[dict]) -> dict | None:
-    """The fastest funnel row meeting recall@10 >= 0.95 (and whether it meets the other targets)."""
-    meeting = [r for r in rows if r["kind"] == "funnel" and r["recall_at_10"] >= TARGETS["recall_at_10"]]
-    if not meeting:
-        return None
-    small = [r for r in meeting if r["memory_ratio_vs_flat"] >= TARGETS["memory_ratio_vs_flat"]] or meeting
-    best = max(small, key=lambda r: r["qps"])
-    return {"row": best["method"], "recall_at_10": best["recall_at_10"], "speedup_vs_exact": best["speedup_vs_exact"],
-            "memory_ratio_vs_flat": best["memory_ratio_vs_flat"],
-            "meets": {name: best[name] >= goal for name, goal in TARGETS.items()}}
+MARKERS = {"exact": "s", "truncated": "x", "usearch-hnsw": "^", "faiss-hnsw": "v", "faiss-prefix-refine": "D",
+           "faiss-ivfpq-refine": "P", "funnel": "o"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -365,77 +530,78 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    synth = result["synthetic"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
-    markers = {"exact": "s", "hnsw": "^", "funnel": "o", "truncated": "x"}
-    for kind in ("exact", "hnsw", "funnel", "truncated"):
-        rows = [r for r in synth["rows"] if r["kind"] == kind]
-        if rows:
-            left.scatter([r["qps"] for r in rows], [r["recall_at_10"] for r in rows], marker=markers[kind], label=kind)
-    left.axhline(TARGETS["recall_at_10"], color="grey", ls="--", lw=0.8)
-    left.axvline(TARGETS["speedup_vs_exact"] * synth["exact_qps"], color="grey", ls=":", lw=0.8,
-                 label=f"{TARGETS['speedup_vs_exact']:.0f}x exact QPS")
-    left.set(xscale="log", xlabel="queries per second (batch, all cores)", ylabel="recall@10 vs exact full-dim",
-             title=f"{synth['corpus']['size']:,} x {synth['corpus']['dim']} synthetic MRL-like")
-    left.legend(fontsize=8)
-    indexed = {}
-    for r in synth["rows"]:
-        if r.get("index_bytes") and r["kind"] in ("exact", "hnsw", "funnel"):
-            label = r["method"] if r["kind"] == "exact" else (
-                f"hnsw {r['dim']} {r['dtype']} M={r['connectivity']}" if r["kind"] == "hnsw"
-                else f"Ds={r['shortlist_dim']} {r['dtype']} M={r['connectivity']}")
-            indexed[label] = r["bytes_per_vector"]
-    right.barh(list(indexed), list(indexed.values()))
-    right.axvline(synth["flat_f32_bytes"] / synth["corpus"]["size"] / TARGETS["memory_ratio_vs_flat"], color="grey",
-                  ls="--", lw=0.8, label="1/16 of f32 flat")
-    right.set(xscale="log", xlabel="index bytes per vector in RAM (rerank store: memory-mapped, not counted)")
-    right.legend(fontsize=8)
-    fig.suptitle(f"adaptive retrieval, {result['machine_name']}", fontsize=10)
+    corpora = list(result["synthetic"])
+    fig, axes = plt.subplots(len(corpora), 2, figsize=(15, 5.5 * len(corpora)), squeeze=False)
+    for (left, right), name in zip(axes, corpora):
+        synth = result["synthetic"][name]
+        for family, marker in MARKERS.items():
+            rows = [r for r in synth["rows"] if r["family"] == family]
+            if rows:
+                left.scatter([r["qps"] for r in rows], [r["recall_at_10"] for r in rows], marker=marker, label=family)
+        left.axhline(TARGETS["recall_at_10"], color="grey", ls="--", lw=0.8)
+        left.set(xscale="log", xlabel="queries per second (batch, all cores)", ylabel="recall@10 vs exact full-dim",
+                 title=f"{name}: {synth['corpus']['size']:,} x {synth['corpus']['dim']} synthetic MRL-like")
+        left.legend(fontsize=8)
+        sized = {}
+        for r in synth["rows"]:
+            if r.get("ram_bytes") and r["family"] != "truncated":
+                label = r["method"].split(" k'=")[0].split(" ef=")[0].split(" nprobe=")[0]
+                sized[label] = r["ram_bytes"] / synth["corpus"]["size"]
+        right.barh(list(sized), list(sized.values()))
+        right.set(xscale="log", xlabel="bytes per vector that must stay in RAM (funnel: its rerank store is "
+                  "memory-mapped, not counted)")
+        right.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"adaptive retrieval vs faiss and usearch, {result['machine_name']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1_000_000, help="synthetic corpus size")
-    parser.add_argument("--dim", type=int, default=768, help="synthetic vector dim")
-    parser.add_argument("--queries", type=int, default=1000, help="synthetic queries")
-    parser.add_argument("--usearch-exact-queries", type=int, default=20, help="queries for usearch's (slow) brute force")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting (best is kept)")
-    parser.add_argument("--no-hnsw", action="store_true", help="skip the full-dim HNSW baseline (slow to build)")
+    parser.add_argument("--size", type=int, default=1_000_000, help="synthetic corpus size (default 1,000,000)")
+    parser.add_argument("--dim", type=int, default=768, help="synthetic vector dim (default 768)")
+    parser.add_argument("--queries", type=int, default=1000, help="synthetic queries (default 1000)")
+    parser.add_argument("--corpora", default="easy,hard", help="synthetic corpora to run (default easy,hard)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting, best kept (default 2)")
+    parser.add_argument("--no-hnsw", action="store_true", help="skip the full-dim HNSW indexes (slow to build)")
+    parser.add_argument("--no-peers", action="store_true", help="skip faiss")
     parser.add_argument("--no-real", action="store_true", help="skip digits and bbc-news")
-    parser.add_argument("--funnels", default=None, help="Ds:dtype:M[:k1/k2/...] settings, comma-separated "
-                        "(default: the sweep in FUNNELS)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny corpora, one setting each, no real "
+                        "corpora, results to .cache/")
+    parser.add_argument("--cache", type=Path, default=CACHE / "retrieval", help="corpora, ground truth and indexes "
+                        "(default benchmarks/.cache/retrieval)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/retrieval[_SIZE].json)")
     args = parser.parse_args(argv)
 
     from mrl_deploy.bench import machine_info, machine_name
 
-    funnels = FUNNELS if not args.funnels else [_parse_funnel_setting(s) for s in args.funnels.split(",")]
+    names = [n.strip() for n in args.corpora.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CORPORA]
+    if unknown or not names:
+        parser.error(f"--corpora: choose from {', '.join(CORPORA)}")
+    settings = SETTINGS
+    if args.quick:
+        args.size, args.queries, args.repeats, args.no_real = QUICK["size"], QUICK["queries"], QUICK["repeats"], True
+        settings = QUICK["settings"]
+        IVFPQ.update(QUICK["ivfpq"])
     name = "retrieval" if args.size == 1_000_000 else f"retrieval_{args.size // 1000}k"
-    output = args.output or RESULTS / f"{name}.json"
+    output = args.output or (CACHE / f"{name}_quick.json" if args.quick else RESULTS / f"{name}.json")
     machine = machine_info()
     begun = time.perf_counter()
     result = {"benchmark": "benchmarks/retrieval.py", "command": " ".join(sys.argv), "machine": machine,
-              "machine_name": machine_name(machine), "k": K, "targets": TARGETS, "paper": PAPER}
-    result["synthetic"] = synthetic(args.size, args.dim, args.queries, args.usearch_exact_queries, args.repeats,
-                                    funnels, not args.no_hnsw)
-    result["synthetic"]["best_meeting_targets"] = best_meeting_targets(result["synthetic"]["rows"])
+              "machine_name": machine_name(machine), "k": K, "targets": TARGETS, "paper": PAPER, "synthetic": {}}
+    for corpus in names:
+        result["synthetic"][corpus] = synthetic(corpus, args.size, args.dim, args.queries, args.repeats,
+                                                settings[corpus], not args.no_hnsw, not args.no_peers, args.cache)
+        say(f"{corpus}: {json.dumps(result['synthetic'][corpus]['summary'])}")
     result["real"] = {} if args.no_real else real_corpora(["digits", "bbc-news"])
     result["seconds"] = time.perf_counter() - begun
     result["machine"]["load_average_end"] = machine_info()["load_average"]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     plot(result, output.with_suffix(".png"))
-    say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s; "
-        f"best: {json.dumps(result['synthetic']['best_meeting_targets'])}")
-
-
-def _parse_funnel_setting(text: str):
-    parts = text.split(":")
-    sizes = tuple(int(s) for s in parts[3].split("/")) if len(parts) > 3 else (100, 200, 400)
-    return int(parts[0]), parts[1], int(parts[2]), sizes
+    say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -522,3 +523,73 @@ def test_documents_errors(data, tmp_path):
 
     with pytest.raises(InputError, match="line 2 is not a JSON object"):
         read_metadata(tmp_path / "meta.jsonl")
+
+
+# --- building from files in chunks: never the whole corpus or store in RAM ---------------------------
+
+def test_build_streams_a_memory_mapped_corpus_into_the_output(data, tmp_path, monkeypatch):
+    import mrl_deploy.retrieval.index as retrieval_index
+
+    monkeypatch.setattr(retrieval_index, "CHUNK_ROWS", 300)      # several chunks, the last one short
+    np.save(tmp_path / "corpus.npy", data["corpus"])
+    mapped = np.load(tmp_path / "corpus.npy", mmap_mode="r")
+    texts = [f"doc {i}" for i in range(len(mapped))]
+    streamed = AdaptiveIndex.build(mapped, shortlist_dim=16, texts=texts, output=tmp_path / "ix")
+    if Path("/proc/self/smaps").is_file():   # the pages read were dropped from this process
+        assert mapped_kib(tmp_path / "corpus.npy") == 0
+        assert np.asarray(mapped).sum() and mapped_kib(tmp_path / "corpus.npy") >= data["corpus"].nbytes // 1024 - 4
+    assert isinstance(streamed._store, np.memmap) and Path(streamed._store.filename) == tmp_path / "ix" / "rerank.npy"
+    # the store is the truncated, re-normalised f16 prefix of every row, in row order
+    np.testing.assert_allclose(np.asarray(streamed._store, dtype=np.float32), prefix(data["corpus"], 64), atol=1e-3)
+    exact, _ = streamed.search(data["queries"], k=K, exact=True)    # the f16 store's own ground truth
+    np.testing.assert_array_equal(exact, exact_search(prefix(data["corpus"], 64).astype(np.float16), data["queries"], K)[0])
+    ids, _ = streamed.search(data["queries"], k=K, shortlist_size=100)
+    assert recall_at_k(ids, data["truth"]) >= 0.95
+    loaded = AdaptiveIndex.load(tmp_path / "ix", verify=True)      # a complete index: hashes recorded
+    assert len(loaded) == 2000 and loaded.documents([[5]]) == [[{"text": "doc 5"}]]
+    streamed.save(tmp_path / "ix")       # over the directory it maps: the store is linked, not rewritten
+    assert AdaptiveIndex.load(tmp_path / "ix", verify=True).documents([[7]]) == [[{"text": "doc 7"}]]
+
+
+def mapped_kib(path):
+    """Resident KiB of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and ":" not in line.split(" ", 1)[0]:
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_a_failed_streaming_build_leaves_nothing(data, tmp_path):
+    corpus = data["corpus"].copy()
+    corpus[1500] = np.nan
+    with pytest.raises(InputError, match="vector row 1500 contains NaN"):
+        AdaptiveIndex.build(corpus, shortlist_dim=16, output=tmp_path / "ix")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_from_an_embedded_corpus_directory(data, tmp_path):
+    """An `embed --ray` directory read shard by shard (CorpusRows) gives the index of its vectors."""
+    from mrl_deploy.corpus import FORMAT, MANIFEST_JSON, ROW_DTYPE, CorpusRows
+    from mrl_deploy.manifest import write_json_atomic
+
+    corpus, shards = data["corpus"], []
+    for number, (start, stop) in enumerate([(0, 700), (700, 1400), (1400, 2000)]):
+        rows = np.zeros(stop - start, dtype=ROW_DTYPE)
+        rows["id"] = np.arange(start, stop) + 10_000
+        name = f"part-{number:05d}"
+        np.save(tmp_path / f"{name}.rows.npy", rows)
+        np.save(tmp_path / f"{name}.npy", corpus[start:stop].astype(np.float16))
+        shards.append({"name": name, "first_id": start, "count": stop - start, "vectors": f"{name}.npy",
+                       "rows": f"{name}.rows.npy"})
+    write_json_atomic(tmp_path / MANIFEST_JSON, {"format": FORMAT, "format_version": 1, "dim": 64, "dtype": "f16",
+                                                 "count": 2000, "shards": shards[::-1]})  # any order: by id
+    rows = CorpusRows(tmp_path)
+    assert rows.shape == (2000, 64) and len(rows) == 2000
+    np.testing.assert_array_equal(rows[650:1450], corpus[650:1450].astype(np.float16))
+    index = AdaptiveIndex.build(rows, keys=rows.ids, shortlist_dim=16, output=tmp_path / "ix")
+    exact, _ = index.search(data["queries"], k=K, exact=True)
+    truth, _ = exact_search(prefix(corpus.astype(np.float16), 64).astype(np.float16), data["queries"], K)
+    np.testing.assert_array_equal(exact, truth + 10_000)

@@ -33,7 +33,7 @@ from .files import (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE, FORMAT, FORMAT_VERSIO
                     read_settings, save_npy, verify_index_files)
 from .kernels import _usearch, exact_search, rerank
 from .stages import Funnel, check_queries, parse_funnel, plan_stages
-from .vectors import CHUNK_ROWS, as_matrix, check_finite, check_keys, check_nonzero, prefix
+from .vectors import CHUNK_ROWS, as_matrix, check_finite, check_keys, check_nonzero, is_row_source, prefix, read_rows
 
 DEFAULTS = {"dtype": "f16", "rerank_dtype": "f16", "connectivity": 16, "expansion_add": 128,
             "expansion_search": 64, "shortlist_size": 200}
@@ -124,26 +124,63 @@ class AdaptiveIndex:
               connectivity: int = DEFAULTS["connectivity"], expansion_add: int = DEFAULTS["expansion_add"],
               expansion_search: int = DEFAULTS["expansion_search"],
               shortlist_size: int = DEFAULTS["shortlist_size"], progress: Progress | None = None,
-              texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None) -> "AdaptiveIndex":
+              texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None,
+              output: str | os.PathLike | None = None) -> "AdaptiveIndex":
         """Index N x d MRL vectors: an HNSW graph over the first `shortlist_dim` dims (default
         min(64, d/4), at least 8), a rerank store of the first `rerank_dim` (default d). `texts`
-        and / or `metadata` (one JSON object per vector) are kept beside them (`documents`)."""
-        vectors = as_matrix(vectors, "vectors")
+        and / or `metadata` (one JSON object per vector) are kept beside them (`documents`).
+
+        One pass over the vectors, CHUNK_ROWS at a time: a memory-mapped .npy is never read whole
+        (its pages are dropped after each chunk), nor is an `embed --ray` directory
+        (`mrl_deploy.corpus.CorpusRows`). With `output`, the index is written there as it is built
+        (atomically, like save()): the rerank store goes to its file chunk by chunk, so building
+        holds only the HNSW graph and one chunk in RAM, and the index returned reads the store
+        memory-mapped from `output`. Without it, the store is an array in RAM until save()."""
+        vectors = vectors if is_row_source(vectors) else as_matrix(vectors, "vectors")
         full = int(vectors.shape[1])
         rerank_dim = int(rerank_dim or full)
         shortlist_dim = int(shortlist_dim or default_shortlist_dim(rerank_dim))
         settings = _settings(full, shortlist_dim, rerank_dim, dtype, rerank_dtype, connectivity, expansion_add,
                              expansion_search, shortlist_size)
-        _check_vectors(vectors, settings)
-        keys = check_keys(np.arange(len(vectors)) if keys is None else keys, len(vectors))
-        lines = document_lines(texts, metadata, len(vectors))
-        store = np.empty((len(vectors), rerank_dim), dtype=RERANK_DTYPES[rerank_dtype])
-        for start in range(0, len(vectors), CHUNK_ROWS):
-            store[start:start + CHUNK_ROWS] = prefix(vectors[start:start + CHUNK_ROWS], rerank_dim)
-        shortlist = new_shortlist_index(settings)
-        index = cls(settings, shortlist, store, keys, documents=None if lines is None else DocumentStore(added=lines))
-        index._add_shortlist(vectors, 0, progress)
+        count = len(vectors)
+        keys = check_keys(np.arange(count) if keys is None else keys, count)
+        lines = document_lines(texts, metadata, count)
+        documents = None if lines is None else DocumentStore(added=lines)
+        store_dtype = np.dtype(RERANK_DTYPES[rerank_dtype])
+        if output is None:
+            store = np.empty((count, rerank_dim), dtype=store_dtype)
+            index = cls(settings, new_shortlist_index(settings), store, keys, documents=documents)
+            index._stream(vectors, lambda start, rows: store.__setitem__(slice(start, start + len(rows)), rows),
+                          progress)
+            return index
+        target = Path(output).resolve()
+        with staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
+            index = cls(settings, new_shortlist_index(settings), np.empty((0, rerank_dim), store_dtype), keys,
+                        documents=documents)
+            # plain writes, not a writable memory map: written pages must not pile up in this process
+            with open(staging / RERANK_FILE, "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(store_dtype),
+                                                              "fortran_order": False, "shape": (count, rerank_dim)})
+                index._stream(vectors, lambda start, rows: handle.write(rows.tobytes()), progress)
+            index._rows = (np.load(staging / RERANK_FILE, mmap_mode="r"), keys)
+            settings = index._write_files(staging, written=(RERANK_FILE,))
+        index._rows = (np.load(target / RERANK_FILE, mmap_mode="r"), keys)   # the same file, at its place
+        index._saved(target, settings)
         return index
+
+    def _stream(self, vectors: Any, write_rows: Callable[[int, np.ndarray], Any], progress: Progress | None) -> None:
+        """The build's one pass: per chunk, check the rows, hand their rerank rows (Dr prefix,
+        re-normalised, in the store's dtype) to `write_rows(first row, rows)`, add them to the graph."""
+        count, dim = len(vectors), self.settings["rerank_dim"]
+        dtype = RERANK_DTYPES[self.rerank_dtype]
+        for start in range(0, count, CHUNK_ROWS):
+            block = read_rows(vectors, start, start + CHUNK_ROWS)
+            check_finite(block, "vector", first=start)
+            check_nonzero(block, self.shortlist_dim, "vector", first=start)
+            write_rows(start, prefix(block, dim).astype(dtype, copy=False))
+            self._add_block(block, start)
+            if progress:
+                progress(min(start + CHUNK_ROWS, count), count)
 
     def add(self, vectors: Any, keys: Any = None, progress: Progress | None = None,
             texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None) -> np.ndarray:
@@ -182,12 +219,15 @@ class AdaptiveIndex:
 
     def _add_shortlist(self, vectors: np.ndarray, first: int, progress: Progress | None) -> None:
         for start in range(0, len(vectors), CHUNK_ROWS):
-            block = shortlist_vectors(vectors[start:start + CHUNK_ROWS], self.shortlist_dim, self.dtype)
-            with self._lock:  # one chunk at a time: searches wait for a chunk, not for the whole add
-                self._shortlist.add(np.arange(first + start, first + start + len(block), dtype=np.uint64), block,
-                                    threads=0)
+            self._add_block(read_rows(vectors, start, start + CHUNK_ROWS), first + start)
             if progress:
                 progress(min(start + CHUNK_ROWS, len(vectors)), len(vectors))
+
+    def _add_block(self, rows: np.ndarray, first: int) -> None:
+        """Rows numbered first, first + 1, ... into the HNSW graph."""
+        block = shortlist_vectors(rows, self.shortlist_dim, self.dtype)
+        with self._lock:  # one chunk at a time: searches wait for a chunk, not for the whole add
+            self._shortlist.add(np.arange(first, first + len(block), dtype=np.uint64), block, threads=0)
 
     # --- searching ------------------------------------------------------------------------------
     def search(self, queries: Any, k: int = 10, *, shortlist_size: int | None = None,
@@ -265,26 +305,36 @@ class AdaptiveIndex:
         new one is complete (a failure leaves it as it was)."""
         target = Path(path).resolve()
         with self._write_lock, staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
-            store, keys = self._rows
-            self._shortlist.save(str(staging / SHORTLIST_FILE))
-            linked = [name for name, array in ((RERANK_FILE, store), (KEYS_FILE, keys))
-                      if self._write_array(staging, name, array)]
-            if self._documents is not None:
-                self._documents.write(staging)
-            previous = self.settings.get("files", {})
-            files = {}
-            for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files():
-                known = previous.get(name) if name in linked else None  # the very same file: its hash stands
-                digest = known.get("sha256") if isinstance(known, dict) else None
-                files[name] = {"bytes": (staging / name).stat().st_size, "sha256": digest or sha256_file(staging / name)}
-            settings = dict(self.settings, count=len(keys), files=files)
-            write_json_atomic(staging / INDEX_JSON, settings)
+            settings = self._write_files(staging)
+        self._saved(target, settings)
+        return target
+
+    def _write_files(self, staging: Path, written: Sequence[str] = ()) -> dict[str, Any]:
+        """Every file of the index into `staging` (those in `written` are there already), index.json
+        last; returns the settings written."""
+        store, keys = self._rows
+        self._shortlist.save(str(staging / SHORTLIST_FILE))
+        linked = [name for name, array in ((RERANK_FILE, store), (KEYS_FILE, keys))
+                  if name not in written and self._write_array(staging, name, array)]
+        if self._documents is not None:
+            self._documents.write(staging)
+        previous = self.settings.get("files", {})
+        files = {}
+        for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files():
+            known = previous.get(name) if name in linked else None  # the very same file: its hash stands
+            digest = known.get("sha256") if isinstance(known, dict) else None
+            files[name] = {"bytes": (staging / name).stat().st_size, "sha256": digest or sha256_file(staging / name)}
+        settings = dict(self.settings, count=len(keys), files=files)
+        write_json_atomic(staging / INDEX_JSON, settings)
+        return settings
+
+    def _saved(self, target: Path, settings: dict[str, Any]) -> None:
+        """Now saved at `target`: later saves there link its store and keys, documents read from it."""
         self.settings = settings
         self._path = target
         self._identities = {name: identity(target / name) for name in (RERANK_FILE, KEYS_FILE)}
         if self._documents is not None:
             self._documents = DocumentStore.open(target, len(self))
-        return target
 
     def _document_files(self) -> tuple[str, ...]:
         return (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE) if self._documents is not None else ()

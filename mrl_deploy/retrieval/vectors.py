@@ -3,6 +3,7 @@ keys that every index (single or sharded) applies before it builds or adds anyth
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -34,20 +35,44 @@ def as_matrix(vectors: Any, what: str) -> np.ndarray:
     return array
 
 
-def check_finite(array: np.ndarray, what: str) -> None:
+def check_finite(array: np.ndarray, what: str, first: int = 0) -> None:
+    """No NaN or infinity in any row (`first`: the number of row 0, for the message)."""
     for start in range(0, len(array), CHUNK_ROWS):
         block = np.asarray(array[start:start + CHUNK_ROWS], dtype=np.float32)
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
-            raise InputError(f"{what} row {start + int(np.argmax(bad))} contains NaN or infinite values")
+            raise InputError(f"{what} row {first + start + int(np.argmax(bad))} contains NaN or infinite values")
 
 
-def check_nonzero(array: np.ndarray, dim: int, what: str) -> None:
+def check_nonzero(array: np.ndarray, dim: int, what: str, first: int = 0) -> None:
     """A zero prefix has no direction: cosine search cannot rank it."""
     for start in range(0, len(array), CHUNK_ROWS):
         norms = np.linalg.norm(np.asarray(array[start:start + CHUNK_ROWS, :dim], dtype=np.float32), axis=1)
         if (norms == 0).any():
-            raise InputError(f"{what} row {start + int(np.argmax(norms == 0))} is all zeros in its first {dim} dims")
+            raise InputError(f"{what} row {first + start + int(np.argmax(norms == 0))} is all zeros in its first "
+                             f"{dim} dims")
+
+
+def read_rows(vectors: Any, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as an in-memory float32 array. Read from a read-only memory-mapped file
+    (np.load(..., mmap_mode="r")), the mapped pages are dropped from this process afterwards (they
+    stay in the page cache): a pass over a corpus larger than RAM keeps one chunk resident, not
+    every page it touched."""
+    block = np.array(vectors[start:stop], dtype=np.float32)
+    mapping = _read_only_mapping(vectors)
+    if mapping is not None:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return block
+
+
+def _read_only_mapping(array: Any) -> "mmap.mmap | None":
+    """The mmap under a read-only np.memmap (or a view of one). Copy-on-write or writable maps are
+    left alone: dropping their pages could drop a change."""
+    while isinstance(array, np.ndarray):
+        if isinstance(array, np.memmap) and array.mode == "r" and isinstance(getattr(array, "_mmap", None), mmap.mmap):
+            return array._mmap
+        array = array.base
+    return None
 
 
 def check_keys(keys: Any, count: int, existing: np.ndarray | None = None) -> np.ndarray:
@@ -65,3 +90,11 @@ def check_keys(keys: Any, count: int, existing: np.ndarray | None = None) -> np.
     if existing is not None and np.isin(keys, existing).any():
         raise InputError(f"key {int(keys[np.isin(keys, existing)][0])} is already in the index")
     return keys
+
+
+def is_row_source(vectors: Any) -> bool:
+    """A corpus read lazily, rows on demand (e.g. `mrl_deploy.corpus.CorpusRows`): not an array,
+    but a 2-D `shape` and rows [a:b] as an array."""
+    shape = getattr(vectors, "shape", None)
+    return (not isinstance(vectors, np.ndarray) and isinstance(shape, tuple) and len(shape) == 2
+            and hasattr(vectors, "__getitem__"))
