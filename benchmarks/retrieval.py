@@ -72,8 +72,8 @@ SETTINGS = {
 HNSW_EF = (64, 128, 256)            # full-dim HNSW (usearch M=16, faiss M=32) search widths
 FAISS_M, FAISS_EF_CONSTRUCTION = 32, 128
 IVFPQ = {"subquantizers": 64, "bits": 8, "probes": (16, 32, 64), "k_factors": (10, 20)}
-QUICK = {"size": 3000, "queries": 50, "repeats": 1, "ivfpq": {"subquantizers": 16, "bits": 4, "probes": (8,),
-                                                                 "k_factors": (10,)},
+QUICK = {"size": 3000, "queries": 50, "repeats": 1,
+         "ivfpq": {"lists": 16, "subquantizers": 16, "bits": 4, "probes": (8,), "k_factors": (10,)},
          "settings": {"easy": {"funnels": [(32, "f16", 8, (50,))], "prefix": [(32, (50,))]},
                       "hard": {"funnels": [(128, "i8", 8, (100,))], "prefix": [(128, (100,))]}}}
 
@@ -300,12 +300,10 @@ def faiss_rows(corpus, queries, truth, base_qps, repeats, settings, hnsw: bool, 
         base_bytes = file_bytes(stem.with_name(f"{stem.name}_faiss_hnsw_{ds}_M{FAISS_M}.faiss"))
         if refine_data is None:
             refine_data = np.ascontiguousarray(corpus, dtype=np.float32)   # the refine stage's copy, in RAM
-        begun = time.perf_counter()
         # queries come at the full dim: the HNSW sees their Ds prefix, re-normalised (as built)
         prefixed = faiss.IndexPreTransform(faiss.NormalizationTransform(ds, 2.0), base)
         prefixed.prepend_transform(faiss.RemapDimensionsTransform(dim, ds, False))
-        index = faiss.IndexRefineFlat(prefixed, faiss.swig_ptr(refine_data))
-        build_seconds += time.perf_counter() - begun
+        index = faiss.IndexRefineFlat(prefixed, faiss.swig_ptr(refine_data))   # copies it into an IndexFlat
         for shortlist in sizes:
             base.hnsw.efSearch = shortlist
             index.k_factor = shortlist / K
@@ -325,7 +323,7 @@ def ivfpq_rows(corpus, queries, truth, base_qps, repeats, stem: Path, refine_dat
 
     size, dim = corpus.shape
     flat_bytes = size * dim * 4
-    lists = int(2 ** round(np.log2(max(16.0, 4 * np.sqrt(size)))))
+    lists = IVFPQ.get("lists") or int(2 ** round(np.log2(max(16.0, 4 * np.sqrt(size)))))
     m, bits = IVFPQ["subquantizers"], IVFPQ["bits"]
     say(f"faiss IVF{lists},PQ{m}x{bits} + IndexRefineFlat at {dim}")
 

@@ -593,3 +593,20 @@ def test_build_from_an_embedded_corpus_directory(data, tmp_path):
     exact, _ = index.search(data["queries"], k=K, exact=True)
     truth, _ = exact_search(prefix(corpus.astype(np.float16), 64).astype(np.float16), data["queries"], K)
     np.testing.assert_array_equal(exact, truth + 10_000)
+
+
+def test_prefetch_reads_the_candidate_rows_and_changes_no_result(data, index, tmp_path):
+    from mrl_deploy.retrieval.kernels import prefetch_rows
+
+    index.save(tmp_path / "ix")
+    loaded = AdaptiveIndex.load(tmp_path / "ix")
+    store = loaded._store
+    row_bytes, dim_bytes = 64 * 2, 32 * 2
+    # runs 3-5 and 10 (and -1, no row): one read of 2 rows + a 32-d prefix, one of a 32-d prefix
+    assert prefetch_rows(store, np.array([[5, 3, 4], [10, -1, 3]]), 32) == (2 * row_bytes + dim_bytes) + dim_bytes
+    assert prefetch_rows(np.asarray(data["corpus"]), np.array([[1, 2]]), 32) == 0   # a store in RAM: nothing to read
+    expected = loaded.search(data["queries"], k=K, funnel=[(16, 200), (32, 50), (64, K)])
+    loaded.prefetch = True
+    found = loaded.search(data["queries"], k=K, funnel=[(16, 200), (32, 50), (64, K)])
+    np.testing.assert_array_equal(found[0], expected[0])
+    np.testing.assert_array_equal(found[1], expected[1])

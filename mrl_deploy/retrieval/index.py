@@ -31,7 +31,7 @@ from .documents import DocumentStore, document_lines
 from .files import (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE, FORMAT, FORMAT_VERSION, INDEX_JSON, KEYS_FILE,
                     RERANK_DTYPES, RERANK_FILE, SHORTLIST_DTYPES, SHORTLIST_FILE, check_loaded, identity,
                     read_settings, save_npy, verify_index_files)
-from .kernels import _usearch, exact_search, rerank
+from .kernels import _usearch, exact_search, prefetch_rows, rerank
 from .stages import Funnel, check_queries, parse_funnel, plan_stages
 from .vectors import CHUNK_ROWS, as_matrix, check_finite, check_keys, check_nonzero, is_row_source, prefix, read_rows
 
@@ -61,6 +61,10 @@ class AdaptiveIndex:
         # may grow its storage while adding, which a concurrent search must not see half done.
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one add() or save() at a time: keys and row numbers
+        # The rerank store on a disk, larger than RAM: read each stage's candidate rows ahead in
+        # parallel (kernels.prefetch_rows). Off by default: for a store in the page cache it is
+        # only overhead (benchmarks/retrieval_scale.py measures both).
+        self.prefetch = False
 
     _store = property(lambda self: self._rows[0])
     _keys = property(lambda self: self._rows[1])
@@ -273,6 +277,8 @@ class AdaptiveIndex:
         dim, size = stages[0]
         rows, scores, counts = self._shortlist_search(q, size, expansion_search, len(store))
         for dim, size in stages[1:]:
+            if self.prefetch:
+                prefetch_rows(store, rows, dim)
             rows, scores, counts = rerank(store, q, rows, counts, dim, size)
         return rows, scores
 

@@ -124,3 +124,45 @@ def _blocks(count: int, per_block: int = 16) -> list[range]:
     n = max(1, min(4 * workers, count // per_block))
     edges = np.linspace(0, count, n + 1).astype(int)
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# --- reading ahead from a store on disk --------------------------------------------------------------
+
+_IO_POOL: ThreadPoolExecutor | None = None
+PREFETCH_THREADS = 32       # reads in flight: an SSD serves many at once, a page fault one at a time
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    global _IO_POOL
+    with _POOL_LOCK:
+        if _IO_POOL is None:
+            _IO_POOL = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="mrl-prefetch")
+        return _IO_POOL
+
+
+def prefetch_rows(store: np.ndarray, rows: np.ndarray, dim: int) -> int:
+    """Read the first `dim` columns of these store rows (-1: none) into the page cache before a
+    rerank gathers them, for a memory-mapped store that does not sit in RAM: the rows sorted,
+    adjacent ones merged into one read, the reads spread over PREFETCH_THREADS threads (os.pread
+    releases the GIL) so the disk sees many requests at once, where the gather's page faults would
+    ask for one page at a time. Returns the bytes read (0 for a store in RAM)."""
+    if not isinstance(store, np.memmap) or store.filename is None:
+        return 0
+    wanted = np.unique(rows[rows >= 0])
+    if not len(wanted):
+        return 0
+    row_bytes = store.shape[1] * store.itemsize
+    first = np.concatenate([[0], np.flatnonzero(np.diff(wanted) > 1) + 1])     # runs of adjacent rows
+    last = np.concatenate([first[1:], [len(wanted)]]) - 1
+    starts = store.offset + wanted[first] * row_bytes
+    lengths = (wanted[last] - wanted[first]) * row_bytes + dim * store.itemsize
+    fd = os.open(store.filename, os.O_RDONLY)
+    try:
+        def read(part: slice) -> int:
+            return sum(len(os.pread(fd, int(n), int(at))) for at, n in zip(starts[part], lengths[part]))
+
+        edges = np.linspace(0, len(starts), min(len(starts), 4 * PREFETCH_THREADS) + 1).astype(int)
+        return sum(_io_pool().map(read, [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]))
+    finally:
+        os.close(fd)
+
