@@ -516,6 +516,58 @@ def labelled_rows(corpus, queries, corpus_y, query_y) -> dict:
     return {"corpus": len(corpus), "queries": len(queries), "dim": full, "rows": out}
 
 
+# --- tables for benchmarks/README.md -------------------------------------------------------------------
+
+def replace_blocks(blocks: dict[str, str], path: Path = ROOT / "README.md") -> None:
+    """Replace each block of benchmarks/README.md between its <!-- NAME:begin/end --> markers."""
+    text = path.read_text()
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
+    path.write_text(text)
+
+
+def _n(value, digits=0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def corpus_table(synth: dict) -> list[str]:
+    size = synth["corpus"]["size"]
+    lines = ["| method | recall@10 | QPS | vs exact | ms / query | RAM bytes / vector | mapped bytes / vector "
+             "| build s | shortlist / rerank us per query |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in synth["rows"]:
+        stages = (f"{r['shortlist_us']:,.0f} / {r['rerank_us']:,.0f}" if "shortlist_us" in r else "")
+        lines.append(f"| {r['method']} | {r['recall_at_10']:.4f} | {_n(r['qps'])} | {r['speedup_vs_exact']:.1f}x | "
+                     f"{_n(r.get('latency_ms'), 2)} | {_n(r['ram_bytes'] / size if r.get('ram_bytes') else None)} | "
+                     f"{_n(r['mapped_bytes'] / size if r.get('mapped_bytes') else None)} | "
+                     f"{_n(r.get('build_seconds'))} | {stages} |")
+    return lines
+
+
+def headline(result: dict) -> list[str]:
+    lines = ["| corpus | best funnel at recall@10 >= 0.95 | best peer at recall@10 >= 0.95 | QPS ratio (target >= 1.5x)"
+             " | RAM ratio (target <= 1/4) |", "|---|---|---|---:|---:|"]
+    for name, synth in result["synthetic"].items():
+        s = synth["summary"]
+        funnel = (f"{s['best_funnel']}: {s['funnel_recall']:.3f} at {s['funnel_qps']:,.0f} QPS"
+                  if s.get("best_funnel") else "none reached it")
+        peer = (f"{s['best_peer']}: {s['peer_recall']:.3f} at {s['peer_qps']:,.0f} QPS"
+                if s.get("best_peer") else "none reached it")
+        met = s.get("meets", {})
+        qps = (f"{s['qps_vs_best_peer']:.2f}x ({'met' if met['qps_vs_best_peer'] else '**missed**'})"
+               if "qps_vs_best_peer" in s else "")
+        ram = (f"{s['ram_vs_best_peer']:.3f} ({'met' if met['ram_vs_best_peer'] else '**missed**'})"
+               if "ram_vs_best_peer" in s else "")
+        lines.append(f"| {name}, {synth['corpus']['size']:,} x {synth['corpus']['dim']} | {funnel} | {peer} | {qps} | {ram} |")
+    load = (result["machine"].get("load_average") or [None])[0], (result["machine"].get("load_average_end") or [None])[0]
+    lines.append("")
+    lines.append(f"{result['machine_name']}; load average {load[0]} at the start, {load[1]} at the end; "
+                 f"`{result['command']}`.")
+    return lines
+
+
 # --- plot and main -------------------------------------------------------------------------------------
 
 MARKERS = {"exact": "s", "truncated": "x", "usearch-hnsw": "^", "faiss-hnsw": "v", "faiss-prefix-refine": "D",
@@ -570,6 +622,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=CACHE / "retrieval", help="corpora, ground truth and indexes "
                         "(default benchmarks/.cache/retrieval)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/retrieval[_SIZE].json)")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the retrieval tables of "
+                        "benchmarks/README.md from the results (only the 1M run's)")
     args = parser.parse_args(argv)
 
     from mrl_deploy.bench import machine_info, machine_name
@@ -600,6 +654,11 @@ def main(argv: list[str] | None = None) -> None:
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     plot(result, output.with_suffix(".png"))
     say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
+    if args.update_readme and not args.quick:
+        blocks = {"retrieval:headline": "\n".join(headline(result))}
+        blocks.update({f"retrieval:{name}": "\n".join(corpus_table(synth))
+                       for name, synth in result["synthetic"].items()})
+        replace_blocks(blocks)
 
 
 if __name__ == "__main__":

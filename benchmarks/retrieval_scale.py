@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
-from retrieval import (CACHE, K, RESULTS, corpus_options, latency_ms, say, synthetic_mrl_corpus,  # noqa: E402
-                       timed, write_synthetic)
+from retrieval import (CACHE, K, RESULTS, corpus_options, latency_ms, replace_blocks, say,  # noqa: E402
+                       synthetic_mrl_corpus, timed, write_synthetic)
 
 SIZES = (100_000, 1_000_000, 10_000_000)
 FUNNEL = {"shortlist_dim": 32, "dtype": "f16", "connectivity": 8, "shortlist_size": 200}
@@ -223,6 +223,56 @@ def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_f
     return out
 
 
+def curve_table(result: dict) -> list[str]:
+    lines = ["| vectors | method | recall@10 | QPS | build s | peak RSS building | RAM bytes / vector | "
+             "mapped bytes / vector |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for size in result["sizes"]:
+        n = size["size"]
+        for r in size["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {n:,} | {r['method']} | skipped: {r['skipped']} | | | | | |")
+                continue
+            rss = f"{r['peak_rss_bytes'] / 2**30:.2f} GiB" if r.get("peak_rss_bytes") else ""
+            lines.append(f"| {n:,} | {r['method']} | {r['recall_at_10']:.4f} | {r['qps']:,.0f} | "
+                         f"{r.get('build_seconds', 0):,.0f} | {rss} | {r['ram_bytes'] / n:,.0f} | "
+                         f"{r['mapped_bytes'] / n:,.0f} |")
+    load = (result["machine"].get("load_average") or [None])[0], (result["machine"].get("load_average_end") or [None])[0]
+    lines += ["", f"{result['machine_name']}; load average {load[0]} at the start, {load[1]} at the end; "
+                  f"`{result['command']}`."]
+    return lines
+
+
+def billion_table(result: dict, target: int = 10**9) -> list[str]:
+    """What 1B x 768 needs, scaled from the largest measured size (HNSW work ~ log N)."""
+    size = result["sizes"][-1]
+    n = size["size"]
+    rows = {r.get("store"): r for r in size["rows"] if r.get("family") == "funnel"}
+    warm, cold, ahead = rows.get("warm"), rows.get("cold"), rows.get("cold, prefetch")
+    if not warm:
+        return ["(no funnel measured)"]
+    cores = result["machine"].get("cores_available") or 1
+    k_prime = warm["shortlist_size"]
+    log_factor = np.log(target) / np.log(n)
+    best_cold = max(cold["qps"], ahead["qps"]) if cold and ahead else None
+    lines = [f"| at {n:,} (measured) | value | at 1B x 768 |", "|---|---:|---|",
+             f"| shortlist index + keys in RAM | {warm['ram_bytes'] / n:,.0f} B / vector | "
+             f"{warm['ram_bytes'] / n * target / 1e9:,.0f} GB of RAM |",
+             f"| rerank store ({result['funnel']['dtype']} shortlist, f16 store, memory-mapped) | "
+             f"{warm['mapped_bytes'] / n:,.0f} B / vector | {warm['mapped_bytes'] / n * target / 1e12:,.2f} TB "
+             "(SSD, or page cache) |",
+             f"| QPS, store warm, {cores} cores, k'={k_prime} | {warm['qps']:,.0f} (recall@10 "
+             f"{warm['recall_at_10']:.3f}) | {1e3 * cores / warm['qps']:.3f} core-ms per query at {n:,}; x "
+             f"{log_factor:.2f} (log N) = {1e3 * cores / warm['qps'] * log_factor:.3f} core-ms at 1B |"]
+    if best_cold:
+        lines.append(f"| QPS, store cold (evicted before each batch), best of plain / prefetch | "
+                     f"{cold['qps']:,.0f} / {ahead['qps']:,.0f} | {best_cold * k_prime:,.0f} candidate rows read per "
+                     f"second from this machine's disk: per node, QPS = random reads per second / {k_prime} |")
+    lines.append(f"| build from a memory-mapped corpus | {warm['build_seconds']:,.0f} s, peak RSS "
+                 f"{warm['peak_rss_bytes'] / 2**30:.2f} GiB | {cores * warm['build_seconds'] / n * 1e6:,.0f} "
+                 f"core-seconds per 1M vectors (x {log_factor:.2f} for the deeper graph) |")
+    return lines
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -271,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=CACHE / "retrieval_scale", help="corpora and indexes "
                         "(default benchmarks/.cache/retrieval_scale)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default results/retrieval_scale.json)")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the scale tables of "
+                        "benchmarks/README.md from the results")
     args = parser.parse_args(argv)
 
     from mrl_deploy.bench import machine_info, machine_name
@@ -299,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     plot(result, output.with_suffix(".png"))
     say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
+    if args.update_readme and not args.quick:
+        replace_blocks({"retrieval_scale:curve": "\n".join(curve_table(result)),
+                        "retrieval_scale:billion": "\n".join(billion_table(result))})
 
 
 if __name__ == "__main__":

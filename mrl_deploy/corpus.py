@@ -338,36 +338,15 @@ def corpus_slices(directory: str | os.PathLike, manifest: dict[str, Any]) -> tup
     return vectors, ids
 
 
-class CorpusRows:
-    """The vectors of a finished run as one N x d corpus read on demand, in id order: rows [a:b]
-    come from the shard files that hold them (memory-mapped for the copy, then unmapped), so
-    `AdaptiveIndex.build(CorpusRows(dir), keys=..., output=...)` never holds the corpus in RAM."""
+def corpus_rows(directory: str | os.PathLike) -> tuple[Any, np.ndarray]:
+    """(vectors read on demand, ids) of a finished run, in id order: the vectors as
+    `sharded.SliceRows` over the shard files, so `AdaptiveIndex.build(vectors, keys=ids,
+    output=...)` never holds the corpus in RAM."""
+    from .sharded import SliceRows
 
-    def __init__(self, directory: str | os.PathLike, manifest: dict[str, Any] | None = None):
-        manifest = read_corpus(directory) if manifest is None else manifest
-        self.slices, id_slices = corpus_slices(directory, manifest)
-        self.ids = np.concatenate([s.read() for s in id_slices])
-        self._starts = np.cumsum([0] + [s.stop - s.start for s in self.slices])
-        self.shape = (int(self._starts[-1]), int(manifest["dim"]))
-        self.dtype = np.dtype(DTYPES[manifest["dtype"]])
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        if not isinstance(rows, slice) or rows.step not in (None, 1):
-            raise TypeError("CorpusRows takes contiguous row slices only")
-        start, stop, _ = rows.indices(len(self))
-        parts = []
-        for number in range(max(0, int(np.searchsorted(self._starts, start, "right")) - 1), len(self.slices)):
-            first = int(self._starts[number])
-            if first >= stop:
-                break
-            piece = self.slices[number]
-            a, b = max(start, first) - first, min(stop, int(self._starts[number + 1])) - first
-            if a < b:
-                parts.append(_open_npy(Path(piece.path))[piece.start + a:piece.start + b].copy())
-        return np.concatenate(parts) if parts else np.empty((0, self.shape[1]), dtype=self.dtype)
+    manifest = read_corpus(directory)
+    vector_slices, id_slices = corpus_slices(directory, manifest)
+    return SliceRows(vector_slices), np.concatenate([s.read() for s in id_slices])
 
 
 def load_corpus(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -96,9 +96,39 @@ class ShardSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _gather(part: Any) -> np.ndarray:
+class SliceRows:
+    """Slices of .npy files as one N x d corpus read on demand: rows [a:b] are copied from the
+    files that hold them (memory-mapped for the copy, then unmapped), so an index built from it
+    (`AdaptiveIndex.build` reads CHUNK_ROWS rows at a time) never holds the whole corpus in RAM."""
+
+    def __init__(self, slices: Sequence[Slice]):
+        self.slices = list(slices)
+        self._starts = np.cumsum([0] + [s.stop - s.start for s in self.slices])
+        first = np.load(self.slices[0].path, mmap_mode="r", allow_pickle=False)
+        self.shape = (int(self._starts[-1]), int(first.shape[1]))
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("SliceRows takes contiguous row slices only")
+        start, stop, _ = rows.indices(len(self))
+        parts = []
+        for number, piece in enumerate(self.slices):
+            first, last = int(self._starts[number]), int(self._starts[number + 1])
+            if last <= start or first >= stop:
+                continue
+            a, b = max(start, first) - first, min(stop, last) - first
+            parts.append(Slice(piece.path, piece.start + a, piece.start + b, piece.field).read())
+        return np.concatenate(parts) if parts else np.empty((0, self.shape[1]), dtype=self.dtype)
+
+
+def _gather(part: Any) -> Any:
+    """A shard's vectors or keys: an array, or its Slices (vectors read lazily, keys in RAM)."""
     if isinstance(part, list) and part and isinstance(part[0], Slice):
-        return np.concatenate([s.read() for s in part])
+        return SliceRows(part) if part[0].field is None else np.concatenate([s.read() for s in part])
     return np.asarray(part)
 
 
@@ -110,9 +140,10 @@ def build_shard(spec: ShardSpec, directory: str) -> dict[str, Any]:
     """Build one shard and save it to `directory`/shard-NNNN; returns its manifest entry. Runs here
     or as a Ray task (it reads its own rows)."""
     vectors, keys = _gather(spec.vectors), _gather(spec.keys)
-    index = AdaptiveIndex.build(vectors, keys=keys, texts=spec.texts, metadata=spec.metadata, **spec.options)
     name = shard_name(spec.number)
-    index.save(Path(directory) / name)
+    # straight into its directory: the rerank store is streamed to its file, never held in RAM
+    index = AdaptiveIndex.build(vectors, keys=keys, texts=spec.texts, metadata=spec.metadata,
+                                output=Path(directory) / name, **spec.options)
     return {"path": name, "count": len(index), "key_min": int(keys.min()), "key_max": int(keys.max()),
             "shortlist_bytes": index.shortlist_bytes, "rerank_bytes": index.rerank_bytes,
             "documents": index.has_documents, "settings": {k: index.settings[k] for k in SHARED_SETTINGS}}

@@ -571,8 +571,8 @@ def test_a_failed_streaming_build_leaves_nothing(data, tmp_path):
 
 
 def test_build_from_an_embedded_corpus_directory(data, tmp_path):
-    """An `embed --ray` directory read shard by shard (CorpusRows) gives the index of its vectors."""
-    from mrl_deploy.corpus import FORMAT, MANIFEST_JSON, ROW_DTYPE, CorpusRows
+    """An `embed --ray` directory read shard by shard (corpus_rows) gives the index of its vectors."""
+    from mrl_deploy.corpus import FORMAT, MANIFEST_JSON, ROW_DTYPE, corpus_rows
     from mrl_deploy.manifest import write_json_atomic
 
     corpus, shards = data["corpus"], []
@@ -586,10 +586,11 @@ def test_build_from_an_embedded_corpus_directory(data, tmp_path):
                        "rows": f"{name}.rows.npy"})
     write_json_atomic(tmp_path / MANIFEST_JSON, {"format": FORMAT, "format_version": 1, "dim": 64, "dtype": "f16",
                                                  "count": 2000, "shards": shards[::-1]})  # any order: by id
-    rows = CorpusRows(tmp_path)
+    rows, ids = corpus_rows(tmp_path)
     assert rows.shape == (2000, 64) and len(rows) == 2000
     np.testing.assert_array_equal(rows[650:1450], corpus[650:1450].astype(np.float16))
-    index = AdaptiveIndex.build(rows, keys=rows.ids, shortlist_dim=16, output=tmp_path / "ix")
+    np.testing.assert_array_equal(ids, np.arange(2000) + 10_000)
+    index = AdaptiveIndex.build(rows, keys=ids, shortlist_dim=16, output=tmp_path / "ix")
     exact, _ = index.search(data["queries"], k=K, exact=True)
     truth, _ = exact_search(prefix(corpus.astype(np.float16), 64).astype(np.float16), data["queries"], K)
     np.testing.assert_array_equal(exact, truth + 10_000)

@@ -136,7 +136,7 @@ class AdaptiveIndex:
 
         One pass over the vectors, CHUNK_ROWS at a time: a memory-mapped .npy is never read whole
         (its pages are dropped after each chunk), nor is an `embed --ray` directory
-        (`mrl_deploy.corpus.CorpusRows`). With `output`, the index is written there as it is built
+        (`mrl_deploy.corpus.corpus_rows`). With `output`, the index is written there as it is built
         (atomically, like save()): the rerank store goes to its file chunk by chunk, so building
         holds only the HNSW graph and one chunk in RAM, and the index returned reads the store
         memory-mapped from `output`. Without it, the store is an array in RAM until save()."""

@@ -93,7 +93,7 @@ def check_keys(keys: Any, count: int, existing: np.ndarray | None = None) -> np.
 
 
 def is_row_source(vectors: Any) -> bool:
-    """A corpus read lazily, rows on demand (e.g. `mrl_deploy.corpus.CorpusRows`): not an array,
+    """A corpus read lazily, rows on demand (e.g. `mrl_deploy.sharded.SliceRows`): not an array,
     but a 2-D `shape` and rows [a:b] as an array."""
     shape = getattr(vectors, "shape", None)
     return (not isinstance(vectors, np.ndarray) and isinstance(shape, tuple) and len(shape) == 2
