@@ -62,11 +62,14 @@ TARGETS = {"recall_at_10": 0.95, "speedup_vs_exact": 20.0, "memory_ratio_vs_flat
 CORPORA = {"easy": {"alpha": 0.7, "noise": 0.6}, "hard": {"alpha": 0.3, "noise": 1.0}}
 # Per corpus: the funnels (Ds, dtype, connectivity, shortlist sizes k') and faiss's HNSW on the same
 # prefixes (Ds, k'): the paper's method with the Ds a user would pick for that corpus.
+# A funnel's sizes are k' (HNSW: searched as wide as k') or (k', lists probed) for dtype "ivf".
 SETTINGS = {
-    "easy": {"funnels": [(32, "f16", 8, (100, 200, 400)), (64, "i8", 8, (100, 200)), (64, "f16", 16, (100, 200))],
+    "easy": {"funnels": [(32, "f16", 8, (100, 200, 400)), (64, "i8", 8, (100, 200)), (64, "f16", 16, (100, 200)),
+                         (32, "ivf", 0, ((100, 4), (200, 4), (200, 8))), (64, "ivf", 0, ((100, 4), (200, 4)))],
              "prefix": [(32, (100, 200, 400)), (64, (100, 200))]},
     "hard": {"funnels": [(128, "f16", 16, (200, 300, 400)), (128, "i8", 16, (300, 400)),
-                         (256, "f16", 16, (150, 200, 300))],
+                         (256, "f16", 16, (150, 200, 300)),
+                         (128, "ivf", 0, ((300, 4), (400, 4), (400, 8))), (256, "ivf", 0, ((200, 4), (300, 4)))],
              "prefix": [(128, (200, 300, 400)), (256, (150, 200, 300))]},
 }
 HNSW_EF = (64, 128, 256)            # full-dim HNSW (usearch M=16, faiss M=32) search widths
@@ -74,7 +77,7 @@ FAISS_M, FAISS_EF_CONSTRUCTION = 32, 128
 IVFPQ = {"subquantizers": 64, "bits": 8, "probes": (16, 32, 64), "k_factors": (10, 20)}
 QUICK = {"size": 3000, "queries": 50, "repeats": 1,
          "ivfpq": {"lists": 16, "subquantizers": 16, "bits": 4, "probes": (8,), "k_factors": (10,)},
-         "settings": {"easy": {"funnels": [(32, "f16", 8, (50,))], "prefix": [(32, (50,))]},
+         "settings": {"easy": {"funnels": [(32, "f16", 8, (50,)), (32, "ivf", 0, ((50, 2),))], "prefix": [(32, (50,))]},
                       "hard": {"funnels": [(128, "i8", 8, (100,))], "prefix": [(128, (100,))]}}}
 
 
@@ -307,12 +310,14 @@ def faiss_rows(corpus, queries, truth, base_qps, repeats, settings, hnsw: bool, 
         for shortlist in sizes:
             base.hnsw.efSearch = shortlist
             index.k_factor = shortlist / K
+            faiss.cvar.hnsw_stats.reset()
             (_, ids), seconds = timed(lambda: index.search(queries, K), repeats)
+            distances = faiss.cvar.hnsw_stats.ndis / (len(queries) * max(1, repeats))   # work, whatever the load
             one = latency_ms(lambda x: index.search(x, K), queries)
             out.append(row(f"faiss HNSW Ds={ds} M={FAISS_M} k'={shortlist} + RefineFlat {dim}", ids, seconds,
                            len(queries), truth, base_qps, family="faiss-prefix-refine", peer=True, shortlist_dim=ds,
                            connectivity=FAISS_M, shortlist_size=shortlist, expansion_search=shortlist,
-                           build_seconds=build_seconds, ram_bytes=base_bytes + flat_bytes,
+                           shortlist_distances=distances, build_seconds=build_seconds, ram_bytes=base_bytes + flat_bytes,
                            bytes_per_vector=(base_bytes + flat_bytes) / size, latency_ms=one))
     out += ivfpq_rows(corpus, queries, truth, base_qps, repeats, stem, refine_data)
     return out
@@ -361,16 +366,17 @@ def ivfpq_rows(corpus, queries, truth, base_qps, repeats, stem: Path, refine_dat
 
 def funnel_rows(corpus, queries, truth, base_qps, repeats, ds, dtype, connectivity, sizes, stem: Path) -> list[dict]:
     """AdaptiveIndex built from the memory-mapped corpus straight into its directory (the store
-    streamed to disk), loaded as deployed (view=True: HNSW file and store memory-mapped)."""
-    from mrl_deploy.retrieval import AdaptiveIndex, rerank
+    streamed to disk), then loaded: the shortlist in RAM, the store memory-mapped."""
+    from mrl_deploy.retrieval import AdaptiveIndex, rerank, shortlist_vectors
 
     size, dim = corpus.shape
-    say(f"AdaptiveIndex Ds={ds} {dtype} M={connectivity} -> Dr={dim}")
-    path = stem.with_name(f"{stem.name}_funnel_{ds}_{dtype}_M{connectivity}")
+    graph = f" M={connectivity}" if dtype != "ivf" else ""
+    say(f"AdaptiveIndex Ds={ds} {dtype}{graph} -> Dr={dim}")
+    path = stem.with_name(f"{stem.name}_funnel_{ds}_{dtype}" + (f"_M{connectivity}" if graph else ""))
 
     def build():
-        return AdaptiveIndex.build(corpus, shortlist_dim=ds, rerank_dim=dim, dtype=dtype, connectivity=connectivity,
-                                   output=path.with_name(path.name + ".building"))
+        return AdaptiveIndex.build(corpus, shortlist_dim=ds, rerank_dim=dim, dtype=dtype,
+                                   connectivity=connectivity or 16, output=path.with_name(path.name + ".building"))
 
     def save(index, target):
         if target.exists():
@@ -380,24 +386,28 @@ def funnel_rows(corpus, queries, truth, base_qps, repeats, ds, dtype, connectivi
         os.replace(index._path, target)
 
     _, build_seconds = cached(path, build, save, lambda p: None)
-    index = AdaptiveIndex.load(path, view=False)    # the HNSW graph in RAM; the store memory-mapped
+    index = AdaptiveIndex.load(path, view=False)    # the shortlist index in RAM; the store memory-mapped
     ram = index.shortlist_bytes + index.keys.nbytes
-    common = {"family": "funnel", "shortlist_dim": ds, "rerank_dim": dim, "dtype": dtype, "connectivity": connectivity,
-              "rerank_dtype": index.rerank_dtype, "build_seconds": build_seconds, "ram_bytes": ram,
-              "bytes_per_vector": ram / size, "mapped_bytes": index.rerank_bytes}
+    common = {"family": "funnel", "shortlist_dim": ds, "rerank_dim": dim, "dtype": dtype, "rerank_dtype": index.rerank_dtype,
+              "build_seconds": build_seconds, "ram_bytes": ram, "bytes_per_vector": ram / size,
+              "mapped_bytes": index.rerank_bytes, **({"connectivity": connectivity} if graph else
+                                                     {"lists": index.settings["lists"]})}
     out = []
     q = np.asarray(queries, dtype=np.float32)
-    for shortlist in sizes:
-        (ids, _), seconds = timed(lambda: index.search(q, K, shortlist_size=shortlist, expansion_search=shortlist),
-                                  repeats)
+    for entry in sizes:
+        shortlist, width = entry if isinstance(entry, tuple) else (entry, entry)
+        (ids, _), seconds = timed(lambda: index.search(q, K, shortlist_size=shortlist, expansion_search=width), repeats)
         # the two stages apart: where the time goes
-        (rows, _, counts), shortlist_seconds = timed(lambda: index._shortlist_search(q, shortlist, shortlist), repeats)
+        (rows, _, counts), shortlist_seconds = timed(lambda: index._shortlist_search(q, shortlist, width), repeats)
         _, rerank_seconds = timed(lambda: rerank(index._store, q, rows, counts, dim, K), repeats)
-        one = latency_ms(lambda x: index.search(x, K, shortlist_size=shortlist, expansion_search=shortlist), q)
-        out.append(row(f"funnel Ds={ds} {dtype} M={connectivity} k'={shortlist} -> Dr={dim}", ids, seconds,
-                       len(q), truth, base_qps, shortlist_size=shortlist, expansion_search=shortlist, latency_ms=one,
+        index._shortlist.expansion_search = width      # the shortlist's own count of its work, whatever the load
+        matches = index._shortlist.search(shortlist_vectors(q, ds, dtype), shortlist, threads=0)
+        one = latency_ms(lambda x: index.search(x, K, shortlist_size=shortlist, expansion_search=width), q)
+        label = f"k'={shortlist}" + (f" probes={width}" if dtype == "ivf" else "")
+        out.append(row(f"funnel Ds={ds} {dtype}{graph} {label} -> Dr={dim}", ids, seconds, len(q), truth, base_qps,
+                       shortlist_size=shortlist, expansion_search=width, latency_ms=one,
                        shortlist_us=1e6 * shortlist_seconds / len(q), rerank_us=1e6 * rerank_seconds / len(q),
-                       **common))
+                       shortlist_distances=matches.computed_distances / len(q), **common))
     return out
 
 
@@ -536,13 +546,14 @@ def _n(value, digits=0) -> str:
 def corpus_table(synth: dict) -> list[str]:
     size = synth["corpus"]["size"]
     lines = ["| method | recall@10 | QPS | vs exact | ms / query | RAM bytes / vector | mapped bytes / vector "
-             "| build s | shortlist / rerank us per query |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| build s | shortlist / rerank us per query | HNSW distances per query |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in synth["rows"]:
         stages = (f"{r['shortlist_us']:,.0f} / {r['rerank_us']:,.0f}" if "shortlist_us" in r else "")
         lines.append(f"| {r['method']} | {r['recall_at_10']:.4f} | {_n(r['qps'])} | {r['speedup_vs_exact']:.1f}x | "
                      f"{_n(r.get('latency_ms'), 2)} | {_n(r['ram_bytes'] / size if r.get('ram_bytes') else None)} | "
                      f"{_n(r['mapped_bytes'] / size if r.get('mapped_bytes') else None)} | "
-                     f"{_n(r.get('build_seconds'))} | {stages} |")
+                     f"{_n(r.get('build_seconds'))} | {stages} | {_n(r.get('shortlist_distances'))} |")
     return lines
 
 

@@ -611,3 +611,54 @@ def test_prefetch_reads_the_candidate_rows_and_changes_no_result(data, index, tm
     found = loaded.search(data["queries"], k=K, funnel=[(16, 200), (32, 50), (64, K)])
     np.testing.assert_array_equal(found[0], expected[0])
     np.testing.assert_array_equal(found[1], expected[1])
+
+
+# --- the inverted-list shortlist (dtype "ivf") -----------------------------------------------------------
+
+def test_ivf_shortlist_probing_every_list_is_exact_search_at_ds(data):
+    index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="ivf", lists=16)
+    assert index.settings["lists"] == 16 and index.settings["format_version"] == 2
+    rows, scores, counts = index._shortlist_search(data["queries"], 50, 16)      # all 16 lists: brute force
+    expected, expected_scores = numpy_top_k(data["corpus"], data["queries"], 50, dim=16)
+    assert (counts == 50).all()
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    same = [len(np.intersect1d(a, b)) for a, b in zip(rows, expected)]
+    assert np.mean(same) >= 49.9          # the same rows (an exact tie may swap the 50th)
+    few, _, few_counts = index._shortlist_search(data["queries"], 50, 2)          # 2 of 16 lists: fewer found
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(few, expected)]) < 50
+
+
+def test_ivf_funnel_recall_save_load_add(data, tmp_path):
+    index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="ivf", lists=8)
+    assert index.defaults["expansion_search"] == 8 and index.dtype == "ivf"    # IVF_PROBES lists by default
+    ids, _ = index.search(data["queries"], k=K, shortlist_size=200, expansion_search=4)
+    assert recall_at_k(ids, data["truth"]) >= 0.95
+    path = index.save(tmp_path / "ix")
+    assert "shortlist.ivf.npz" in {p.name for p in path.iterdir()} and not (path / "shortlist.usearch").exists()
+    loaded = AdaptiveIndex.load(path, verify=True)
+    np.testing.assert_array_equal(loaded.search(data["queries"], k=K, shortlist_size=200, expansion_search=4)[0], ids)
+    extra = mrl_like(30, seed=5, stream=3)
+    writable = AdaptiveIndex.load(path, view=False)
+    keys = writable.add(extra)
+    found, _ = writable.search(extra, k=1, shortlist_size=20, expansion_search=8)
+    np.testing.assert_array_equal(found[:, 0], keys)      # each added vector finds itself
+
+
+def test_ivf_centroids_find_separated_clusters():
+    from mrl_deploy.retrieval.ivf import train_centroids
+
+    rng = np.random.default_rng(0)
+    centres = prefix(rng.standard_normal((6, 16)), 16)
+    sample = prefix(np.repeat(centres, 200, axis=0) + 0.02 * rng.standard_normal((1200, 16)), 16)
+    found = train_centroids(sample, 6)
+    assert (np.max(found @ centres.T, axis=0) > 0.99).all()     # every true centre has a centroid on it
+
+
+def test_tune_sweeps_ivf_probes(data, index):
+    from mrl_deploy.retrieval import tune
+
+    tuned = tune(index, data["queries"][:40], k=K, dims=[16], dtypes=["f16", "ivf"], shortlist_sizes=[100],
+                 expansions=[100], probes=[2, 8])
+    ivf = [p for p in tuned["report"]["points"] if p["dtype"] == "ivf"]
+    assert sorted(p["expansion_search"] for p in ivf) == [2, 8]
+    assert ivf[1]["recall"] >= ivf[0]["recall"] - 0.02    # more lists probed: at least as good (noise aside)

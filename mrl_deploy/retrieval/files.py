@@ -4,6 +4,7 @@ loading runs on it (sizes always, sha256 on request), and the chunked .npy write
   index.json          settings (dims, dtypes, graph parameters), tuned search defaults, each file's
                       size and sha256 (load checks the sizes; load(verify=True) the hashes)
   shortlist.usearch   the usearch HNSW index over the Ds-dim prefixes; its keys are row numbers
+                      (shortlist.ivf.npz instead for dtype "ivf": centroids and lists, ivf.py)
   rerank.npy          N x Dr rerank store (f16 by default), read memory-mapped: the full vectors
                       need not sit in RAM. Row i belongs to keys.npy[i] (usearch's own file keeps
                       vectors in slot order, not insertion order, so it cannot serve as this store).
@@ -24,14 +25,15 @@ from ..manifest import read_description, sha256_file
 from .vectors import CHUNK_ROWS
 
 FORMAT = "mrl-deploy-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # what this version reads; an index records 1, or 2 with an "ivf" shortlist
 INDEX_JSON = "index.json"
 SHORTLIST_FILE = "shortlist.usearch"
+IVF_FILE = "shortlist.ivf.npz"      # the shortlist of dtype "ivf" (ivf.py), instead of SHORTLIST_FILE
 RERANK_FILE = "rerank.npy"
 KEYS_FILE = "keys.npy"
 DOCUMENTS_FILE = "documents.jsonl"
 DOCUMENT_OFFSETS_FILE = "documents.offsets.npy"
-SHORTLIST_DTYPES = ("f32", "f16", "i8", "b1")
+SHORTLIST_DTYPES = ("f32", "f16", "i8", "b1", "ivf")   # HNSW of f32 ... b1 vectors; or inverted lists
 RERANK_DTYPES = {"f16": np.float16, "f32": np.float32}
 
 
@@ -96,3 +98,8 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         out[start:start + CHUNK_ROWS] = array[start:start + CHUNK_ROWS]
     out.flush()
     del out
+
+
+def shortlist_file(settings: dict[str, Any]) -> str:
+    return IVF_FILE if settings["dtype"] == "ivf" else SHORTLIST_FILE
+

@@ -28,15 +28,17 @@ import numpy as np
 from ..errors import ArtifactError, InputError
 from ..manifest import sha256_file, staged_directory, write_json_atomic
 from .documents import DocumentStore, document_lines
-from .files import (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE, FORMAT, FORMAT_VERSION, INDEX_JSON, KEYS_FILE,
-                    RERANK_DTYPES, RERANK_FILE, SHORTLIST_DTYPES, SHORTLIST_FILE, check_loaded, identity,
-                    read_settings, save_npy, verify_index_files)
+from .files import (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE, FORMAT, INDEX_JSON, KEYS_FILE,
+                    RERANK_DTYPES, RERANK_FILE, SHORTLIST_DTYPES, check_loaded, identity, read_settings,
+                    save_npy, shortlist_file, verify_index_files)
+from .ivf import SAMPLE_PER_LIST, IVFShortlist, default_lists
 from .kernels import _usearch, exact_search, prefetch_rows, rerank
 from .stages import Funnel, check_queries, parse_funnel, plan_stages
 from .vectors import CHUNK_ROWS, as_matrix, check_finite, check_keys, check_nonzero, is_row_source, prefix, read_rows
 
 DEFAULTS = {"dtype": "f16", "rerank_dtype": "f16", "connectivity": 16, "expansion_add": 128,
             "expansion_search": 64, "shortlist_size": 200}
+IVF_PROBES = 8              # the default expansion_search of an "ivf" shortlist: lists probed
 
 Progress = Callable[[int, int], None]
 
@@ -126,13 +128,17 @@ class AdaptiveIndex:
     def build(cls, vectors: Any, *, shortlist_dim: int | None = None, rerank_dim: int | None = None,
               dtype: str = DEFAULTS["dtype"], rerank_dtype: str = DEFAULTS["rerank_dtype"], keys: Any = None,
               connectivity: int = DEFAULTS["connectivity"], expansion_add: int = DEFAULTS["expansion_add"],
-              expansion_search: int = DEFAULTS["expansion_search"],
+              expansion_search: int | None = None,
               shortlist_size: int = DEFAULTS["shortlist_size"], progress: Progress | None = None,
               texts: Sequence[str] | None = None, metadata: Sequence[Any] | None = None,
-              output: str | os.PathLike | None = None) -> "AdaptiveIndex":
+              output: str | os.PathLike | None = None, lists: int | None = None) -> "AdaptiveIndex":
         """Index N x d MRL vectors: an HNSW graph over the first `shortlist_dim` dims (default
         min(64, d/4), at least 8), a rerank store of the first `rerank_dim` (default d). `texts`
         and / or `metadata` (one JSON object per vector) are kept beside them (`documents`).
+
+        dtype "ivf": inverted lists instead of the graph (ivf.py): `lists` of them (default about
+        4 sqrt(N)) trained on a sample spread over the whole corpus; `expansion_search` is then the
+        number of lists a query scans (default 8; HNSW's default search width is 64).
 
         One pass over the vectors, CHUNK_ROWS at a time: a memory-mapped .npy is never read whole
         (its pages are dropped after each chunk), nor is an `embed --ray` directory
@@ -144,9 +150,11 @@ class AdaptiveIndex:
         full = int(vectors.shape[1])
         rerank_dim = int(rerank_dim or full)
         shortlist_dim = int(shortlist_dim or default_shortlist_dim(rerank_dim))
-        settings = _settings(full, shortlist_dim, rerank_dim, dtype, rerank_dtype, connectivity, expansion_add,
-                             expansion_search, shortlist_size)
         count = len(vectors)
+        if expansion_search is None:
+            expansion_search = IVF_PROBES if dtype == "ivf" else DEFAULTS["expansion_search"]
+        settings = _settings(full, shortlist_dim, rerank_dim, dtype, rerank_dtype, connectivity, expansion_add,
+                             expansion_search, shortlist_size, lists=default_lists(count) if lists is None else lists)
         keys = check_keys(np.arange(count) if keys is None else keys, count)
         lines = document_lines(texts, metadata, count)
         documents = None if lines is None else DocumentStore(added=lines)
@@ -154,6 +162,7 @@ class AdaptiveIndex:
         if output is None:
             store = np.empty((count, rerank_dim), dtype=store_dtype)
             index = cls(settings, new_shortlist_index(settings), store, keys, documents=documents)
+            index._train(vectors)
             index._stream(vectors, lambda start, rows: store.__setitem__(slice(start, start + len(rows)), rows),
                           progress)
             return index
@@ -161,6 +170,7 @@ class AdaptiveIndex:
         with staged_directory(target, INDEX_JSON, "an mrl-deploy index", InputError) as staging:
             index = cls(settings, new_shortlist_index(settings), np.empty((0, rerank_dim), store_dtype), keys,
                         documents=documents)
+            index._train(vectors)
             # plain writes, not a writable memory map: written pages must not pile up in this process
             with open(staging / RERANK_FILE, "wb") as handle:
                 np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(store_dtype),
@@ -171,6 +181,18 @@ class AdaptiveIndex:
         index._rows = (np.load(target / RERANK_FILE, mmap_mode="r"), keys)   # the same file, at its place
         index._saved(target, settings)
         return index
+
+    def _train(self, vectors: Any) -> None:
+        """An IVF shortlist's centroids, from rows spread over the whole corpus (64 contiguous runs,
+        so a corpus sorted by topic still trains every list); nothing for HNSW."""
+        if not isinstance(self._shortlist, IVFShortlist):
+            return
+        count, wanted = len(vectors), SAMPLE_PER_LIST * self._shortlist.lists
+        run = max(1, -(-min(count, wanted) // 64))
+        starts = np.unique(np.linspace(0, max(0, count - run), 64).astype(np.int64))
+        sample = np.concatenate([read_rows(vectors, int(a), int(a) + run) for a in starts])
+        self._shortlist.train(shortlist_vectors(sample, self.shortlist_dim, self.dtype))
+        self.settings["lists"] = self._shortlist.lists
 
     def _stream(self, vectors: Any, write_rows: Callable[[int, np.ndarray], Any], progress: Progress | None) -> None:
         """The build's one pass: per chunk, check the rows, hand their rerank rows (Dr prefix,
@@ -319,14 +341,14 @@ class AdaptiveIndex:
         """Every file of the index into `staging` (those in `written` are there already), index.json
         last; returns the settings written."""
         store, keys = self._rows
-        self._shortlist.save(str(staging / SHORTLIST_FILE))
+        self._shortlist.save(str(staging / shortlist_file(self.settings)))
         linked = [name for name, array in ((RERANK_FILE, store), (KEYS_FILE, keys))
                   if name not in written and self._write_array(staging, name, array)]
         if self._documents is not None:
             self._documents.write(staging)
         previous = self.settings.get("files", {})
         files = {}
-        for name in (SHORTLIST_FILE, RERANK_FILE, KEYS_FILE) + self._document_files():
+        for name in (shortlist_file(self.settings), RERANK_FILE, KEYS_FILE) + self._document_files():
             known = previous.get(name) if name in linked else None  # the very same file: its hash stands
             digest = known.get("sha256") if isinstance(known, dict) else None
             files[name] = {"bytes": (staging / name).stat().st_size, "sha256": digest or sha256_file(staging / name)}
@@ -368,9 +390,9 @@ class AdaptiveIndex:
         settings = read_settings(path)
         if verify:
             verify_index_files(path, settings)
-        usearch = _usearch()
         try:
-            shortlist = usearch.Index.restore(str(path / SHORTLIST_FILE), view=view)
+            shortlist = (IVFShortlist.restore(str(path / shortlist_file(settings))) if settings["dtype"] == "ivf"
+                         else _usearch().Index.restore(str(path / shortlist_file(settings)), view=view))
             store = np.load(path / RERANK_FILE, mmap_mode="r")
             keys = np.load(path / KEYS_FILE)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -390,15 +412,19 @@ class AdaptiveIndex:
         write_json_atomic(target / INDEX_JSON, settings)
 
     def with_shortlist(self, shortlist_dim: int, dtype: str, progress: Progress | None = None) -> "AdaptiveIndex":
-        """The same corpus with another HNSW shortlist (built from the rerank store's prefixes);
-        shares the store and keys. Used by tune to sweep Ds and dtype."""
+        """The same corpus with another shortlist (built from the rerank store's prefixes); shares
+        the store and keys. Used by tune to sweep Ds and dtype."""
+        ivf_change = (dtype == "ivf") != (self.dtype == "ivf")   # the search default means another thing
         settings = _settings(self.full_dim, shortlist_dim, self.rerank_dim, dtype, self.rerank_dtype,
                              self.settings["connectivity"], self.settings["expansion_add"],
-                             self.defaults["expansion_search"], self.defaults["shortlist_size"])
+                             (IVF_PROBES if dtype == "ivf" else DEFAULTS["expansion_search"]) if ivf_change
+                             else self.defaults["expansion_search"], self.defaults["shortlist_size"],
+                             lists=self.settings.get("lists") or default_lists(len(self)))
         settings.update({k: v for k, v in self.settings.items() if k in ("source",)})
         other = AdaptiveIndex(settings, new_shortlist_index(settings), self._store, self._keys,
                               documents=self._documents)
         other._path, other._identities = self._path, dict(self._identities)
+        other._train(self._store)
         other._add_shortlist(self._store, 0, progress)
         return other
 
@@ -420,6 +446,8 @@ def default_shortlist_dim(rerank_dim: int) -> int:
 
 
 def new_shortlist_index(settings: dict[str, Any]):
+    if settings["dtype"] == "ivf":
+        return IVFShortlist(settings["shortlist_dim"], settings["lists"], settings["defaults"]["expansion_search"])
     binary = settings["dtype"] == "b1"
     return _usearch().Index(
         ndim=settings["shortlist_dim"], metric="hamming" if binary else "ip", dtype=settings["dtype"],
@@ -428,14 +456,14 @@ def new_shortlist_index(settings: dict[str, Any]):
 
 
 def shortlist_vectors(vectors: np.ndarray, dim: int, dtype: str) -> np.ndarray:
-    """What the HNSW index stores for these rows: the re-normalised Ds prefix (usearch casts it to
-    f16 / i8), or for b1 its sign bits packed 8 per byte (compared by Hamming distance)."""
+    """What the shortlist index stores for these rows: the re-normalised Ds prefix (usearch casts it
+    to f16 / i8; ivf keeps f32), or for b1 its sign bits packed 8 per byte (Hamming distance)."""
     part = prefix(vectors, dim)
     return np.packbits(part > 0, axis=1) if dtype == "b1" else part
 
 
 def _settings(full: int, shortlist_dim: int, rerank_dim: int, dtype: str, rerank_dtype: str, connectivity: int,
-              expansion_add: int, expansion_search: int, shortlist_size: int) -> dict[str, Any]:
+              expansion_add: int, expansion_search: int, shortlist_size: int, lists: int = 1) -> dict[str, Any]:
     if dtype not in SHORTLIST_DTYPES:
         raise InputError(f"unknown shortlist dtype {dtype!r}: use {', '.join(SHORTLIST_DTYPES)}")
     if rerank_dtype not in RERANK_DTYPES:
@@ -447,16 +475,17 @@ def _settings(full: int, shortlist_dim: int, rerank_dim: int, dtype: str, rerank
     if dtype == "b1" and shortlist_dim % 8:
         raise InputError(f"a binary (b1) shortlist needs a shortlist dim divisible by 8, got {shortlist_dim}")
     for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                        ("expansion_search", expansion_search), ("shortlist_size", shortlist_size)):
+                        ("expansion_search", expansion_search), ("shortlist_size", shortlist_size), ("lists", lists)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     from ..version import __version__
 
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "mrl_deploy_version": __version__,
+    # version 1 readers know HNSW shortlists only: an "ivf" index says so with version 2
+    return {"format": FORMAT, "format_version": 2 if dtype == "ivf" else 1, "mrl_deploy_version": __version__,
             "count": 0, "full_dim": full, "shortlist_dim": shortlist_dim, "rerank_dim": rerank_dim,
             "dtype": dtype, "rerank_dtype": rerank_dtype, "metric": "hamming" if dtype == "b1" else "ip",
             "normalization": "truncate-then-l2 per stage", "connectivity": int(connectivity),
-            "expansion_add": int(expansion_add),
+            "expansion_add": int(expansion_add), **({"lists": int(lists)} if dtype == "ivf" else {}),
             "defaults": {"shortlist_size": int(shortlist_size), "expansion_search": int(expansion_search)}}
 
 

@@ -17,9 +17,10 @@ from .stages import check_queries
 def tune(index: AdaptiveIndex, queries: Any, *, k: int = 10, recall: float = 0.95,
          dims: Iterable[int] | None = None, dtypes: Iterable[str] | None = None,
          shortlist_sizes: Iterable[int] | None = None, expansions: Iterable[int] | None = None,
+         probes: Iterable[int] = (2, 4, 8, 16, 32),
          repeats: int = 2, say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Sweep Ds x dtype (each a shortlist index built from the rerank store) x shortlist size x
-    expansion_search; measure recall@k against exact search at Dr, QPS (all cores, the whole
+    """Sweep Ds x dtype (each a shortlist index built from the rerank store; dtype "ivf": inverted
+    lists) x shortlist size x expansion_search (HNSW's search width; ivf's lists probed, `probes`); measure recall@k against exact search at Dr, QPS (all cores, the whole
     query batch, best of `repeats`) and shortlist bytes per vector. Returns every point, the Pareto
     frontier (recall up, QPS up, bytes down) and the fastest point meeting `recall`."""
     from ..metrics import recall_at_k
@@ -39,7 +40,9 @@ def tune(index: AdaptiveIndex, queries: Any, *, k: int = 10, recall: float = 0.9
             candidate = _shortlist_for(index, dim, dtype, say)
             built[(dim, dtype)] = candidate
             for size in sizes:
-                for ef in sorted({max(size, e) for e in expansions}):
+                # HNSW: a search width below the shortlist size is the size itself; ivf: lists probed
+                widths = (sorted(set(probes)) if dtype == "ivf" else sorted({max(size, e) for e in expansions}))
+                for ef in widths:
                     seconds, ids = _timed_search(candidate, q, k, size, ef, repeats)
                     points.append({"shortlist_dim": dim, "dtype": dtype, "shortlist_size": size,
                                    "expansion_search": ef, "recall": recall_at_k(ids, truth, k),
