@@ -12,8 +12,8 @@ Per size, in one run:
                the seconds it took; at 10M the corpus does not fit in RAM and is read from disk)
   hnsw         usearch HNSW over the full-dim f32 vectors (M=16, ef=128), only where the corpus
                fits in RAM (N x d x 4 below half of it)
-  funnel       AdaptiveIndex Ds=32 f16 M=8 -> 768 (the easy corpus' headline setting; `--funnel`),
-               k'=200, built from the memory-mapped .npy straight into its directory
+  funnel       AdaptiveIndex Ds=32 f16 M=8 -> 768 (the easy corpus' headline setting) and Ds=32 ivf
+               (8 lists probed), k'=200 (`--funnels`), built from the memory-mapped .npy straight into its directory
                (`AdaptiveIndex.build(..., output=)`: the corpus read chunk by chunk, the rerank store
                streamed to its file). Searched three ways:
                  warm       the rerank store in the page cache
@@ -51,7 +51,9 @@ from retrieval import (CACHE, K, RESULTS, corpus_options, latency_ms, replace_bl
                        synthetic_mrl_corpus, timed, write_synthetic)
 
 SIZES = (100_000, 1_000_000, 10_000_000)
-FUNNEL = {"shortlist_dim": 32, "dtype": "f16", "connectivity": 8, "shortlist_size": 200}
+# the easy corpus' headline HNSW funnel, and the inverted-list one at the same Ds and k'
+FUNNELS = [{"shortlist_dim": 32, "dtype": "f16", "connectivity": 8, "shortlist_size": 200},
+           {"shortlist_dim": 32, "dtype": "ivf", "probes": 8, "shortlist_size": 200}]
 HNSW = {"connectivity": 16, "expansion_add": 128, "expansion_search": 128}
 RSS_LIMIT = 8 * 2**30
 QUICK = {"sizes": (2000, 5000), "queries": 50}
@@ -67,7 +69,7 @@ def child(kind: str, corpus_file: str, target: str, options: dict) -> None:
         from mrl_deploy.retrieval import AdaptiveIndex
 
         AdaptiveIndex.build(corpus, rerank_dim=corpus.shape[1], output=target,
-                            **{k: options[k] for k in ("shortlist_dim", "dtype", "connectivity")})
+                            **{k: options[k] for k in ("shortlist_dim", "dtype", "connectivity") if k in options})
     else:
         from mrl_deploy.retrieval import _usearch
         from mrl_deploy.retrieval.vectors import read_rows
@@ -136,9 +138,9 @@ def resident_fraction(path: str) -> float:
 # --- one size ----------------------------------------------------------------------------------------------
 
 def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_from: int, cache: Path,
-             funnel: dict) -> dict:
+             funnels: list[dict]) -> dict:
     from mrl_deploy.metrics import recall_at_k
-    from mrl_deploy.retrieval import AdaptiveIndex, _usearch, exact_search
+    from mrl_deploy.retrieval import _usearch, exact_search
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     dtype = "f16" if size >= f16_from else "f32"
@@ -183,25 +185,44 @@ def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_f
                             "skipped": f"the f32 corpus ({size * dim * 4 / 2**30:.0f} GiB) does not fit in half the "
                                        f"RAM ({memory / 2**30:.0f} GiB)"})
 
+    for funnel in funnels:
+        out["rows"] += funnel_rows(funnel, corpus_file, cache, queries, truth, size, dim, repeats)
+    for r in out["rows"]:
+        if "qps" in r:
+            say(f"  {r['method']:<62} recall@10 {r['recall_at_10']:.4f} {r['qps']:9.1f} QPS"
+                + (f"  build {r['build_seconds']:.0f} s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
+                   if r.get("peak_rss_bytes") else ""))
+    return out
+
+
+def funnel_rows(funnel: dict, corpus_file: Path, cache: Path, queries, truth, size: int, dim: int,
+                repeats: int) -> list[dict]:
+    """One funnel built from the corpus file (child process), searched warm, cold, cold + prefetch."""
+    from mrl_deploy.metrics import recall_at_k
+    from mrl_deploy.retrieval import AdaptiveIndex
+
+    graph = funnel["dtype"] != "ivf"
     target = cache / (f"{corpus_file.stem}_funnel_{funnel['shortlist_dim']}_{funnel['dtype']}"
-                      f"_M{funnel['connectivity']}")
+                      + (f"_M{funnel['connectivity']}" if graph else ""))
     built = build("funnel", corpus_file, target, funnel)
     index = AdaptiveIndex.load(target, view=False)
     k_prime = min(funnel["shortlist_size"], size)
+    width = k_prime if graph else funnel["probes"]      # HNSW search width, or lists probed
     common = {"family": "funnel", "shortlist_dim": index.shortlist_dim, "dtype": index.dtype,
-              "connectivity": index.settings["connectivity"], "shortlist_size": k_prime,
-              "ram_bytes": index.shortlist_bytes + index.keys.nbytes, "mapped_bytes": index.rerank_bytes, **built}
+              "shortlist_size": k_prime, "expansion_search": width,
+              "ram_bytes": index.shortlist_bytes + index.keys.nbytes, "mapped_bytes": index.rerank_bytes, **built,
+              **({"connectivity": index.settings["connectivity"]} if graph else {"lists": index.settings["lists"]})}
 
-    def search():
-        return index.search(queries, K, shortlist_size=k_prime, expansion_search=k_prime)[0]
+    def search(q=queries):
+        return index.search(q, K, shortlist_size=k_prime, expansion_search=width)[0]
 
     ids, seconds = timed(search, repeats)
-    label = f"funnel Ds={index.shortlist_dim} {index.dtype} M={common['connectivity']} k'={k_prime} -> {dim}"
-    out["rows"].append({"method": f"{label}, store warm", "store": "warm", "recall_at_10": recall_at_k(ids, truth, K),
-                        "qps": n_queries / seconds, "resident_before": resident_fraction(index._store.filename),
-                        "latency_ms": latency_ms(lambda q: index.search(q, K, shortlist_size=k_prime,
-                                                                          expansion_search=k_prime), queries),
-                        **common})
+    label = (f"funnel Ds={index.shortlist_dim} {index.dtype}" + (f" M={common['connectivity']}" if graph
+             else f" probes={width}") + f" k'={k_prime} -> {dim}")
+    n_queries = len(queries)
+    out = [{"method": f"{label}, store warm", "store": "warm", "recall_at_10": recall_at_k(ids, truth, K),
+            "qps": n_queries / seconds, "resident_before": resident_fraction(index._store.filename),
+            "latency_ms": latency_ms(search, queries), **common}]
     for prefetch in (False, True):
         index.prefetch = prefetch
         best, resident = float("inf"), []
@@ -212,14 +233,8 @@ def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_f
             ids = search()
             best = min(best, time.perf_counter() - begun)
         store = "cold, prefetch" if prefetch else "cold"
-        out["rows"].append({"method": f"{label}, store {store}", "store": store, "recall_at_10": recall_at_k(ids, truth, K),
-                            "qps": n_queries / best, "resident_before": max(resident), **common})
-    index.prefetch = False
-    for r in out["rows"]:
-        if "qps" in r:
-            say(f"  {r['method']:<62} recall@10 {r['recall_at_10']:.4f} {r['qps']:9.1f} QPS"
-                + (f"  build {r['build_seconds']:.0f} s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
-                   if r.get("peak_rss_bytes") else ""))
+        out.append({"method": f"{label}, store {store}", "store": store, "recall_at_10": recall_at_k(ids, truth, K),
+                    "qps": n_queries / best, "resident_before": max(resident), **common})
     return out
 
 
@@ -243,33 +258,36 @@ def curve_table(result: dict) -> list[str]:
 
 
 def billion_table(result: dict, target: int = 10**9) -> list[str]:
-    """What 1B x 768 needs, scaled from the largest measured size (HNSW work ~ log N)."""
+    """What 1B x 768 needs, scaled from the largest measured size (HNSW work ~ log N), per funnel."""
     size = result["sizes"][-1]
     n = size["size"]
-    rows = {r.get("store"): r for r in size["rows"] if r.get("family") == "funnel"}
-    warm, cold, ahead = rows.get("warm"), rows.get("cold"), rows.get("cold, prefetch")
-    if not warm:
-        return ["(no funnel measured)"]
     cores = result["machine"].get("cores_available") or 1
-    k_prime = warm["shortlist_size"]
     log_factor = np.log(target) / np.log(n)
-    best_cold = max(cold["qps"], ahead["qps"]) if cold and ahead else None
-    lines = [f"| at {n:,} (measured) | value | at 1B x 768 |", "|---|---:|---|",
-             f"| shortlist index + keys in RAM | {warm['ram_bytes'] / n:,.0f} B / vector | "
-             f"{warm['ram_bytes'] / n * target / 1e9:,.0f} GB of RAM |",
-             f"| rerank store ({result['funnel']['dtype']} shortlist, f16 store, memory-mapped) | "
-             f"{warm['mapped_bytes'] / n:,.0f} B / vector | {warm['mapped_bytes'] / n * target / 1e12:,.2f} TB "
-             "(SSD, or page cache) |",
-             f"| QPS, store warm, {cores} cores, k'={k_prime} | {warm['qps']:,.0f} (recall@10 "
-             f"{warm['recall_at_10']:.3f}) | {1e3 * cores / warm['qps']:.3f} core-ms per query at {n:,}; x "
-             f"{log_factor:.2f} (log N) = {1e3 * cores / warm['qps'] * log_factor:.3f} core-ms at 1B |"]
-    if best_cold:
-        lines.append(f"| QPS, store cold (evicted before each batch), best of plain / prefetch | "
-                     f"{cold['qps']:,.0f} / {ahead['qps']:,.0f} | {best_cold * k_prime:,.0f} candidate rows read per "
-                     f"second from this machine's disk: per node, QPS = random reads per second / {k_prime} |")
-    lines.append(f"| build from a memory-mapped corpus | {warm['build_seconds']:,.0f} s, peak RSS "
-                 f"{warm['peak_rss_bytes'] / 2**30:.2f} GiB | {cores * warm['build_seconds'] / n * 1e6:,.0f} "
-                 f"core-seconds per 1M vectors (x {log_factor:.2f} for the deeper graph) |")
+    groups: dict = {}
+    for r in size["rows"]:
+        if r.get("family") == "funnel":
+            groups.setdefault(r["method"].split(", store")[0], {})[r["store"]] = r
+    lines = [f"| funnel | at {n:,} (measured) | value | at 1B x 768 |", "|---|---|---:|---|"]
+    for label, rows in groups.items():
+        warm, cold, ahead = rows.get("warm"), rows.get("cold"), rows.get("cold, prefetch")
+        k_prime = warm["shortlist_size"]
+        lines += [f"| {label} | shortlist index + keys in RAM | {warm['ram_bytes'] / n:,.0f} B / vector | "
+                  f"{warm['ram_bytes'] / n * target / 1e9:,.0f} GB of RAM |",
+                  f"| | rerank store (f16, memory-mapped) | {warm['mapped_bytes'] / n:,.0f} B / vector | "
+                  f"{warm['mapped_bytes'] / n * target / 1e12:,.2f} TB (SSD, or page cache) |",
+                  f"| | QPS, store warm, {cores} cores | {warm['qps']:,.0f} (recall@10 {warm['recall_at_10']:.3f}) | "
+                  f"{1e3 * cores / warm['qps']:.3f} core-ms per query at {n:,}; "
+                  + (f"x {log_factor:.2f} (HNSW: log N) = {1e3 * cores / warm['qps'] * log_factor:.3f} core-ms at 1B |"
+                     if warm["dtype"] != "ivf" else
+                     "ivf: the lists grow with N (N/512, at most 65,536): shard so that probed lists stay short |")]
+        if cold and ahead:
+            best = max(cold["qps"], ahead["qps"])
+            lines.append(f"| | QPS, store cold (evicted before each batch), plain / prefetch | {cold['qps']:,.0f} / "
+                         f"{ahead['qps']:,.0f} | {best * k_prime:,.0f} candidate rows read per second here: per node, "
+                         f"QPS = random reads per second / {k_prime} |")
+        lines.append(f"| | build from a memory-mapped corpus | {warm['build_seconds']:,.0f} s, peak RSS "
+                     f"{warm['peak_rss_bytes'] / 2**30:.2f} GiB | {cores * warm['build_seconds'] / n * 1e6:,.0f} "
+                     f"core-seconds per 1M vectors |")
     return lines
 
 
@@ -316,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per setting, best kept (default 2)")
     parser.add_argument("--f16-from", type=int, default=5_000_000, help="store corpora of this size and larger as "
                         "f16 files (default 5,000,000: 10M x 768 takes 15 GB, not 31)")
-    parser.add_argument("--funnel", default=None, help="Ds:dtype:M:k' of the funnel (default 32:f16:8:200)")
+    parser.add_argument("--funnels", default=None, help="Ds:dtype:M:k' (HNSW) or Ds:ivf:PROBES:k', comma-separated "
+                        "(default 32:f16:8:200,32:ivf:8:200)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, results to .cache/")
     parser.add_argument("--cache", type=Path, default=CACHE / "retrieval_scale", help="corpora and indexes "
                         "(default benchmarks/.cache/retrieval_scale)")
@@ -328,10 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     from mrl_deploy.bench import machine_info, machine_name
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    funnel = dict(FUNNEL)
-    if args.funnel:
-        ds, dtype, m, k_prime = args.funnel.split(":")
-        funnel.update(shortlist_dim=int(ds), dtype=dtype, connectivity=int(m), shortlist_size=int(k_prime))
+    funnels = FUNNELS
+    if args.funnels:
+        funnels = []
+        for text in args.funnels.split(","):
+            ds, dtype, width, k_prime = text.split(":")
+            funnels.append({"shortlist_dim": int(ds), "dtype": dtype, "shortlist_size": int(k_prime),
+                            **({"probes": int(width)} if dtype == "ivf" else {"connectivity": int(width)})})
     if args.quick:
         sizes, args.queries, args.repeats = list(QUICK["sizes"]), QUICK["queries"], 1
         args.f16_from = QUICK["sizes"][-1]
@@ -340,11 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info()
     begun = time.perf_counter()
     result = {"benchmark": "benchmarks/retrieval_scale.py", "command": " ".join(sys.argv), "machine": machine,
-              "machine_name": machine_name(machine), "k": K, "corpus": args.corpus, "funnel": funnel,
+              "machine_name": machine_name(machine), "k": K, "corpus": args.corpus, "funnels": funnels,
               "hnsw": HNSW, "rss_limit_bytes": RSS_LIMIT, "sizes": []}
     for size in sizes:
         result["sizes"].append(one_size(size, args.dim, args.corpus, args.queries, args.repeats, args.f16_from,
-                                        args.cache, funnel))
+                                        args.cache, funnels))
     result["seconds"] = time.perf_counter() - begun
     result["machine"]["load_average_end"] = machine_info()["load_average"]
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,12 @@ def test_retrieval_scale_benchmark_measures_builds_and_a_cold_store(tmp_path):
     result = run("retrieval_scale.py", tmp_path)
     assert [s["size"] for s in result["sizes"]] == [2000, 5000]
     for size in result["sizes"]:
-        rows = {r.get("store", r["family"]): r for r in size["rows"]}
-        assert set(rows) == {"exact", "hnsw", "warm", "cold", "cold, prefetch"}
-        assert rows["warm"]["resident_before"] == 1.0
-        assert rows["cold"]["resident_before"] == 0.0 and rows["cold, prefetch"]["resident_before"] == 0.0
-        assert 0 < rows["warm"]["peak_rss_bytes"] < 2**30
-        assert rows["warm"]["recall_at_10"] == rows["cold"]["recall_at_10"] == rows["cold, prefetch"]["recall_at_10"]
+        assert {r["family"] for r in size["rows"]} == {"exact", "hnsw", "funnel"}
+        for dtype in ("f16", "ivf"):
+            rows = {r["store"]: r for r in size["rows"] if r.get("dtype") == dtype}
+            assert set(rows) == {"warm", "cold", "cold, prefetch"}
+            assert rows["warm"]["resident_before"] == 1.0
+            assert rows["cold"]["resident_before"] == 0.0 and rows["cold, prefetch"]["resident_before"] == 0.0
+            assert 0 < rows["warm"]["peak_rss_bytes"] < 2**30
+            assert rows["warm"]["recall_at_10"] == rows["cold"]["recall_at_10"] == rows["cold, prefetch"]["recall_at_10"]
     assert result["sizes"][1]["corpus_dtype"] == "f16"

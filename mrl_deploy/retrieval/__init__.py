@@ -10,8 +10,10 @@ One job per module:
   index.py      AdaptiveIndex: build, add, search (shortlist + rerank stages), save, load
   vectors.py    the truncate-then-renormalise rule (`prefix`) and the checks on vectors and keys
   stages.py     query checks and funnel planning, shared with the sharded index
-  kernels.py    exact search (the ground truth), the rerank kernel, and `_usearch()`: the one door
-                to usearch (it loads onnxruntime first; the other order segfaults)
+  ivf.py        the inverted-list shortlist (dtype "ivf"), beside usearch's HNSW
+  kernels.py    exact search (the ground truth), the rerank kernel, reading a cold store ahead, and
+                `_usearch()`: the one door to usearch (it loads onnxruntime first; the other order
+                segfaults)
   files.py      the index directory: format, index.json, size / sha256 checks
   documents.py  texts and metadata kept per row
   tuning.py     `tune`: sweep shortlist settings against exact search, recommend one

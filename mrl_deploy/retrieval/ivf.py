@@ -169,8 +169,8 @@ class IVFShortlist:
             np.savez(handle, centroids=self.centroids, offsets=self.offsets, keys=self.keys, vectors=self.vectors)
 
     @classmethod
-    def restore(cls, path: str, view: bool = False) -> "IVFShortlist":
-        """Load the lists into RAM (view: the same; the file is read whole either way)."""
+    def restore(cls, path: str) -> "IVFShortlist":
+        """Load the lists into RAM (whatever AdaptiveIndex.load's `view`: an .npz is read whole)."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 parts: dict[str, Any] = {name: data[name] for name in ("centroids", "offsets", "keys", "vectors")}

@@ -20,7 +20,8 @@ def tune(index: AdaptiveIndex, queries: Any, *, k: int = 10, recall: float = 0.9
          probes: Iterable[int] = (2, 4, 8, 16, 32),
          repeats: int = 2, say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Sweep Ds x dtype (each a shortlist index built from the rerank store; dtype "ivf": inverted
-    lists) x shortlist size x expansion_search (HNSW's search width; ivf's lists probed, `probes`); measure recall@k against exact search at Dr, QPS (all cores, the whole
+    lists) x shortlist size x expansion_search (HNSW's search width `expansions`; ivf's lists
+    probed, `probes`); measure recall@k against exact search at Dr, QPS (all cores, the whole
     query batch, best of `repeats`) and shortlist bytes per vector. Returns every point, the Pareto
     frontier (recall up, QPS up, bytes down) and the fastest point meeting `recall`."""
     from ..metrics import recall_at_k
