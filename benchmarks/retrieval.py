@@ -74,7 +74,7 @@ SETTINGS = {
 }
 HNSW_EF = (64, 128, 256)            # full-dim HNSW (usearch M=16, faiss M=32) search widths
 FAISS_M, FAISS_EF_CONSTRUCTION = 32, 128
-IVFPQ = {"subquantizers": 64, "bits": 8, "probes": (16, 32, 64), "k_factors": (10, 20)}
+IVFPQ = {"subquantizers": 64, "bits": 8, "probes": (16, 32, 64), "k_factors": (10, 20, 50)}
 QUICK = {"size": 3000, "queries": 50, "repeats": 1,
          "ivfpq": {"lists": 16, "subquantizers": 16, "bits": 4, "probes": (8,), "k_factors": (10,)},
          "settings": {"easy": {"funnels": [(32, "f16", 8, (50,)), (32, "ivf", 0, ((50, 2),))], "prefix": [(32, (50,))]},

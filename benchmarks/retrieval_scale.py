@@ -13,9 +13,11 @@ Per size, in one run:
   hnsw         usearch HNSW over the full-dim f32 vectors (M=16, ef=128), only where the corpus
                fits in RAM (N x d x 4 below half of it)
   funnel       AdaptiveIndex Ds=32 f16 M=8 -> 768 (the easy corpus' headline setting) and Ds=32 ivf
-               (8 lists probed), k'=200 (`--funnels`), built from the memory-mapped .npy straight into its directory
-               (`AdaptiveIndex.build(..., output=)`: the corpus read chunk by chunk, the rerank store
-               streamed to its file). Searched three ways:
+               (8 lists probed), k'=200 (`--funnels`); the first built from the memory-mapped .npy
+               straight into its directory (`AdaptiveIndex.build(..., output=)`: the corpus read
+               chunk by chunk, the rerank store streamed to its file), the others as another
+               shortlist over its store (linked, not copied: 15 GB of disk each at 10M; their build
+               time is the shortlist's alone). Searched three ways:
                  warm       the rerank store in the page cache
                  cold       the store evicted before every query batch (our mapping's pages dropped
                             with madvise, then posix_fadvise DONTNEED on the file; the resident
@@ -65,7 +67,13 @@ def child(kind: str, corpus_file: str, target: str, options: dict) -> None:
     """Build one index from the memory-mapped corpus into `target` and print its time and peak RSS."""
     corpus = np.load(corpus_file, mmap_mode="r")
     begun = time.perf_counter()
-    if kind == "funnel":
+    if kind == "funnel" and options.get("store_from"):
+        from mrl_deploy.retrieval import AdaptiveIndex
+
+        # another shortlist over the rerank store of an index already built: the store is linked
+        # into the new directory, not written again (10M x 768 f16 is 15 GB of disk per copy)
+        AdaptiveIndex.load(options["store_from"]).with_shortlist(options["shortlist_dim"], options["dtype"]).save(target)
+    elif kind == "funnel":
         from mrl_deploy.retrieval import AdaptiveIndex
 
         AdaptiveIndex.build(corpus, rerank_dim=corpus.shape[1], output=target,
@@ -185,8 +193,12 @@ def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_f
                             "skipped": f"the f32 corpus ({size * dim * 4 / 2**30:.0f} GiB) does not fit in half the "
                                        f"RAM ({memory / 2**30:.0f} GiB)"})
 
+    first = None
     for funnel in funnels:
-        out["rows"] += funnel_rows(funnel, corpus_file, cache, queries, truth, size, dim, repeats)
+        rows, directory = funnel_rows(funnel if first is None else {**funnel, "store_from": str(first)}, corpus_file,
+                                      cache, queries, truth, size, dim, repeats)
+        out["rows"] += rows
+        first = first or directory
     for r in out["rows"]:
         if "qps" in r:
             say(f"  {r['method']:<62} recall@10 {r['recall_at_10']:.4f} {r['qps']:9.1f} QPS"
@@ -196,8 +208,9 @@ def one_size(size: int, dim: int, name: str, n_queries: int, repeats: int, f16_f
 
 
 def funnel_rows(funnel: dict, corpus_file: Path, cache: Path, queries, truth, size: int, dim: int,
-                repeats: int) -> list[dict]:
-    """One funnel built from the corpus file (child process), searched warm, cold, cold + prefetch."""
+                repeats: int) -> tuple[list[dict], Path]:
+    """One funnel built from the corpus file (child process; with "store_from": its shortlist only,
+    over that index's store), searched warm, cold, cold + prefetch. Returns its rows and directory."""
     from mrl_deploy.metrics import recall_at_k
     from mrl_deploy.retrieval import AdaptiveIndex
 
@@ -211,6 +224,8 @@ def funnel_rows(funnel: dict, corpus_file: Path, cache: Path, queries, truth, si
     common = {"family": "funnel", "shortlist_dim": index.shortlist_dim, "dtype": index.dtype,
               "shortlist_size": k_prime, "expansion_search": width,
               "ram_bytes": index.shortlist_bytes + index.keys.nbytes, "mapped_bytes": index.rerank_bytes, **built,
+              "built": ("the shortlist only, over the store of " + Path(funnel["store_from"]).name
+                        if funnel.get("store_from") else "from the memory-mapped corpus, store streamed"),
               **({"connectivity": index.settings["connectivity"]} if graph else {"lists": index.settings["lists"]})}
 
     def search(q=queries):
@@ -235,7 +250,7 @@ def funnel_rows(funnel: dict, corpus_file: Path, cache: Path, queries, truth, si
         store = "cold, prefetch" if prefetch else "cold"
         out.append({"method": f"{label}, store {store}", "store": store, "recall_at_10": recall_at_k(ids, truth, K),
                     "qps": n_queries / best, "resident_before": max(resident), **common})
-    return out
+    return out, target
 
 
 def curve_table(result: dict) -> list[str]:

@@ -57,4 +57,6 @@ def test_retrieval_scale_benchmark_measures_builds_and_a_cold_store(tmp_path):
             assert rows["cold"]["resident_before"] == 0.0 and rows["cold, prefetch"]["resident_before"] == 0.0
             assert 0 < rows["warm"]["peak_rss_bytes"] < 2**30
             assert rows["warm"]["recall_at_10"] == rows["cold"]["recall_at_10"] == rows["cold, prefetch"]["recall_at_10"]
+        stores = [p / "rerank.npy" for p in sorted((tmp_path / "cache").glob(f"*_{size['size']}x768_*_funnel_*")) if p.is_dir()]
+        assert len(stores) == 2 and stores[0].stat().st_ino == stores[1].stat().st_ino   # the ivf one links the store
     assert result["sizes"][1]["corpus_dtype"] == "f16"
