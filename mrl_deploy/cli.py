@@ -314,7 +314,7 @@ def compare(
             for failure in run["failures"]:
                 console.print(f"[red]past tolerance:[/red] {run['runtime']}:{run['variant']}: {failure}", highlight=False)
     if not report["passed"]:
-        raise SystemExit(1)  # click's typer.Exit would be swallowed by standalone_mode=False
+        raise typer.Exit(1)
 
 # --- training -------------------------------------------------------------------------------
 # (train commands)
@@ -1073,7 +1073,11 @@ def main() -> None:
 
     warnings.showwarning = _warn
     try:
-        app(standalone_mode=False)
+        # Standalone mode: typer shows its own usage errors (unknown command or option, missing
+        # argument, no arguments: usage and exit 2) and help, whichever click it uses (typer 0.29
+        # vendors its own as typer._click, whose exceptions are not the installed click's).
+        # Everything else propagates out of it: our errors are caught here.
+        app(standalone_mode=True)
     except MRLDeployError as exc:
         from rich.markup import escape
 
@@ -1083,17 +1087,6 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         raise SystemExit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
