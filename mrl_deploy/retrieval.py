@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, require
+from .errors import ArtifactError, InputError, check_number, require
 from .manifest import read_description, sha256_file, staged_directory, write_json_atomic
 
 FORMAT = "mrl-deploy-index"
@@ -153,7 +153,8 @@ def exact_search(corpus: np.ndarray, queries: np.ndarray, k: int, *, dim: int | 
     """Brute-force cosine top-k at `dim` (default: all columns) with numpy BLAS: corpus chunks
     (any dtype, memory-mapped is fine) are cast once and multiplied with every query block; a
     running top-k is merged with argpartition. Returns (rows int64 Q x k, scores float32 Q x k)."""
-    dim = dim or corpus.shape[1]
+    dim = corpus.shape[1] if dim is None else check_number(dim, "dim", 1, corpus.shape[1], integer=True)
+    check_number(k, "k", 1, integer=True)
     q = prefix(queries, dim)
     k = min(k, len(corpus))
     best_rows = np.full((len(q), k), -1, dtype=np.int64)
@@ -326,8 +327,9 @@ class AdaptiveIndex:
         and / or `metadata` (one JSON object per vector) are kept beside them (`documents`)."""
         vectors = _as_matrix(vectors, "vectors")
         full = int(vectors.shape[1])
-        rerank_dim = int(rerank_dim or full)
-        shortlist_dim = int(shortlist_dim or default_shortlist_dim(rerank_dim))
+        rerank_dim = full if rerank_dim is None else int(check_number(rerank_dim, "rerank dim", 1, integer=True))
+        shortlist_dim = (default_shortlist_dim(min(rerank_dim, full)) if shortlist_dim is None
+                         else int(check_number(shortlist_dim, "shortlist dim", 1, integer=True)))
         settings = _settings(full, shortlist_dim, rerank_dim, dtype, rerank_dtype, connectivity, expansion_add,
                              expansion_search, shortlist_size)
         _check_vectors(vectors, settings)
@@ -406,7 +408,7 @@ class AdaptiveIndex:
                expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """search() with a funnel; k defaults to the last stage's size."""
         stages = parse_funnel(stages) if isinstance(stages, str) else list(stages)
-        k = k or (int(stages[-1][1]) if stages else 10)
+        k = (int(stages[-1][1]) if stages else 10) if k is None else k
         return self.search(queries, k, funnel=stages, expansion_search=expansion_search)
 
     def exact(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -425,7 +427,8 @@ class AdaptiveIndex:
         if funnel is not None and shortlist_size is not None:
             raise InputError("give a shortlist size or a funnel, not both")
         if funnel is None:
-            size = int(shortlist_size or self.defaults["shortlist_size"])
+            check_number(shortlist_size, "shortlist_size", 1, integer=True, optional=True)
+            size = int(self.defaults["shortlist_size"] if shortlist_size is None else shortlist_size)
             if size < k:
                 raise InputError(f"shortlist size {size} is smaller than k={k}")
             funnel = [(self.shortlist_dim, size), (self.rerank_dim, k)]
@@ -445,7 +448,9 @@ class AdaptiveIndex:
         """HNSW top-`size` rows per query; rows at or past `count` (added after the caller's
         snapshot of the store) are dropped, the rest moved to the front."""
         block = shortlist_vectors(q, self.shortlist_dim, self.dtype)
-        ef = int(expansion_search or self.defaults.get("expansion_search") or DEFAULTS["expansion_search"])
+        check_number(expansion_search, "expansion_search", 1, integer=True, optional=True)
+        ef = int(self.defaults.get("expansion_search", DEFAULTS["expansion_search"]) if expansion_search is None
+                 else expansion_search)
         with self._lock:
             self._shortlist.expansion_search = ef
             matches = self._shortlist.search(block, size, threads=0)
@@ -471,8 +476,7 @@ class AdaptiveIndex:
             raise InputError(f"queries have {q.shape[1]} dims; this index takes {expected}")
         _check_finite(q, "query")
         _check_nonzero(q, self.shortlist_dim, "query")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+        check_number(k, "k", 1, integer=True)
         count = len(self) if count is None else count
         if k > count:
             raise InputError(f"k={k} is larger than the corpus ({count} vectors)")
@@ -609,10 +613,10 @@ def _settings(full: int, shortlist_dim: int, rerank_dim: int, dtype: str, rerank
         raise InputError(f"shortlist dim {shortlist_dim} must be between 1 and the rerank dim {rerank_dim}")
     if dtype == "b1" and shortlist_dim % 8:
         raise InputError(f"a binary (b1) shortlist needs a shortlist dim divisible by 8, got {shortlist_dim}")
-    for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                        ("expansion_search", expansion_search), ("shortlist_size", shortlist_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    check_number(connectivity, "connectivity", 2, integer=True)   # HNSW needs at least 2 edges per node
+    for name, value in (("expansion_add", expansion_add), ("expansion_search", expansion_search),
+                        ("shortlist_size", shortlist_size)):
+        check_number(value, name, 1, integer=True)
     from . import __version__
 
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mrl_deploy_version": __version__,
@@ -841,15 +845,27 @@ def tune(index: AdaptiveIndex, queries: Any, *, k: int = 10, recall: float = 0.9
     frontier (recall up, QPS up, bytes down) and the fastest point meeting `recall`."""
     from .metrics import recall_at_k
 
+    check_number(recall, "recall", 0, 1, low_open=True)
+    check_number(repeats, "repeats", 1, integer=True)
     q = index._check_queries(queries, k)
+    dims = _neighbour_dims(index.shortlist_dim, index.rerank_dim) if dims is None else list(dims)
+    dtypes = [index.dtype] if dtypes is None else list(dtypes)
+    sizes = [5 * k, 10 * k, 20 * k, 40 * k] if shortlist_sizes is None else list(shortlist_sizes)
+    expansions = [64, 128, 256, 512] if expansions is None else list(expansions)
+    for name, values, low, high in (("shortlist dim", dims, 1, index.rerank_dim), ("shortlist size", sizes, k, None),
+                                    ("expansion", expansions, 1, None)):
+        if not values:
+            raise InputError(f"no {name}s to sweep")
+        for value in values:
+            check_number(value, name, low, high, integer=True)
+    if not dtypes:
+        raise InputError("no dtypes to sweep")
     say(f"exact search at {index.rerank_dim} dims for the ground truth ({len(q)} queries)")
     begun = time.perf_counter()
     truth, _ = index.exact(q, k)
     exact_qps = len(q) / (time.perf_counter() - begun)
-    dims = sorted(set(dims or _neighbour_dims(index.shortlist_dim, index.rerank_dim)))
-    dtypes = list(dict.fromkeys(dtypes or [index.dtype]))
-    sizes = sorted({min(s, len(index)) for s in (shortlist_sizes or [5 * k, 10 * k, 20 * k, 40 * k]) if s >= k} or {k})
-    expansions = sorted(set(expansions or [64, 128, 256, 512]))
+    dims, dtypes, expansions = sorted(set(dims)), list(dict.fromkeys(dtypes)), sorted(set(expansions))
+    sizes = sorted({min(s, len(index)) for s in sizes})
     points, built = [], {}
     for dim in dims:
         for dtype in dtypes:
@@ -882,7 +898,7 @@ def _shortlist_for(index: AdaptiveIndex, dim: int, dtype: str, say) -> AdaptiveI
 
 def _timed_search(index: AdaptiveIndex, q: np.ndarray, k: int, size: int, ef: int, repeats: int):
     best, ids = float("inf"), None
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         begun = time.perf_counter()
         ids, _ = index.search(q, k, shortlist_size=size, expansion_search=ef)
         best = min(best, time.perf_counter() - begun)

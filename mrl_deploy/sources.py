@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, check_number
 
 
 @dataclass
@@ -302,6 +302,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
     from .errors import require
 
     _unexpected("sentence-transformers", options)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True, optional=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     st_lib = require("sentence_transformers", "text", "exporting sentence-transformers models")
@@ -314,7 +315,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
         if "trust_remote_code" in str(exc):
             message += " (the model has custom code: pass --trust-remote-code if you trust it)"
         raise SourceError(f"cannot load sentence-transformers model {directory}: {message}") from None
-    if max_seq_length:
+    if max_seq_length is not None:
         st.max_seq_length = int(max_seq_length)
     st.eval()
     configs = {}

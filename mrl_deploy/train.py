@@ -49,7 +49,7 @@ import numpy as np
 from .cache import cache_dir
 from .data import Dataset, load_dataset, split_dataset, split_record
 from .dims import parse_dims
-from .errors import DataError, DimsError, SourceError, require
+from .errors import DataError, DimsError, SourceError, check_number, require
 
 CHECKPOINT_FORMAT = "mrl-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -362,6 +362,14 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
     """Train an MRL (or MRL-E) model on DATA, evaluate every nesting dim on the validation split
     (and the full-dim-only baseline by truncation and by probes), and write the checkpoint
     directory `output` atomically. Returns the summary (also stored in mrl_model.json)."""
+    check_number(epochs, "epochs", 1, integer=True, optional=True)
+    check_number(batch_size, "batch_size", 1, integer=True)
+    check_number(full_dim, "full_dim", 1, integer=True, optional=True)
+    check_number(seed, "seed", 0, integer=True)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True)
+    check_number(weight_decay, "weight_decay", 0)
+    check_number(lr, "lr", 0, low_open=True, optional=True)
+    check_number(val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
     require("torch", "export", "training")
     require("safetensors", "export", "saving checkpoints")
     started = time.perf_counter()
@@ -394,14 +402,17 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
             raise DataError(f"unknown architecture {architecture!r} for {dataset.kind} data: use cnn or mlp")
         if arch_name == "cnn" and dataset.kind != "image":
             raise DataError(f"cnn needs image-shaped x (N x C x H x W, N x H x W, N x H x W x C); got samples of shape {input_shape}")
-        full_dim = int(full_dim or (parse_dims(nesting_dims)[-1] if nesting_dims else DEFAULT_FULL_DIM))
+        if full_dim is None:
+            full_dim = parse_dims(nesting_dims)[-1] if nesting_dims else DEFAULT_FULL_DIM
+        full_dim = int(full_dim)
         values = np.asarray(x_train, dtype=np.float32)
         hyper = {"mean": float(values.mean()), "std": float(values.std() + 1e-6)}
     dims = _check_nesting(nesting_dims, full_dim)
     weights = _check_weights(dim_weights, dims)
     say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})
-    settings = {"loss": "mrl-e" if efficient else "mrl", "epochs": int(epochs or EPOCHS[arch_name]),
-                "batch_size": int(batch_size), "lr": float(lr or LEARNING_RATE[arch_name]),
+    settings = {"loss": "mrl-e" if efficient else "mrl",
+                "epochs": int(EPOCHS[arch_name] if epochs is None else epochs), "batch_size": int(batch_size),
+                "lr": float(LEARNING_RATE[arch_name] if lr is None else lr),
                 "weight_decay": float(weight_decay), "dim_weights": weights, "seed": int(seed),
                 "optimizer": "AdamW, one-cycle schedule"}
     architecture_entry = {"name": arch_name, "hyperparameters": hyper}
@@ -596,7 +607,8 @@ def _text_source(net, meta, path, max_seq_length, encoder, common):
         encoder_path = default_encoder_path()  # the checkpoint moved to another environment
     if not encoder_path.is_dir():
         raise SourceError(f"{path}: the adapter's encoder {encoder_path} is not there (pass encoder=PATH)")
-    length = int(max_seq_length or info.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True, optional=True)
+    length = int(max_seq_length if max_seq_length is not None else info.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
     base = load_sentence_transformers(str(encoder_path), max_seq_length=length)
     if base.full_dim != info["dim"]:
         raise SourceError(f"{path}: the adapter takes {info['dim']}-d embeddings but {encoder_path} gives {base.full_dim}")

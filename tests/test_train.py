@@ -213,6 +213,29 @@ def test_training_nesting_dims_and_weight_checks():
         _check_weights("1,-1", [8, 16])
 
 
+@needs_torch
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),          # was: the default 40 epochs
+    ({"epochs": -2}, "epochs must be >= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),                         # was: the default learning rate
+    ({"lr": -1e-3}, "lr must be > 0"),
+    ({"batch_size": -1}, "batch_size must be >= 1"),         # was: zero steps, an untrained model saved
+    ({"batch_size": 0}, "batch_size must be >= 1"),          # was: ZeroDivisionError
+    ({"full_dim": 0}, "full_dim must be >= 1"),              # was: the default 64
+    ({"val_fraction": 0.0}, "val_fraction must be in"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"epochs": 2.5}, "epochs must be an integer"),
+])
+def test_train_refuses_out_of_range_numbers_and_writes_nothing(tmp_path, options, message):
+    from mrl_deploy.errors import InputError
+    from mrl_deploy.train import train
+
+    with pytest.raises(InputError, match=message):
+        train(small_digits(per_class=10), tmp_path / "ckpt", baseline=False, **options)
+    assert not list(tmp_path.iterdir())
+
+
 # --- determinism, checkpoints, export ---------------------------------------------------------
 
 @needs_torch
