@@ -185,6 +185,9 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
     # A default list skips what cannot start here (reported); a runtime asked for by name must run.
     skip_unavailable = not runtimes
     pairs = runtime_pairs(runtimes or default_runtime_list(artifact), artifact.manifest, variants=variants)
+    if len(pairs) < 2:
+        raise InputError(f"nothing to compare: only {', '.join(f'{n}:{v}' for n, v in pairs)} would run; name two runtimes "
+                         "(--runtimes torch,ort-cpu), or one whose artifact has fp16 / int8 variants besides fp32")
     feeds = input_feeds(artifact, inputs, batch=batch, limit=limit, seed=seed)
     if not feeds:
         raise InputError("no inputs to compare (the inputs have no rows)")
@@ -232,6 +235,9 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
         raise MRLDeployError(f"no runtime could run {artifact.path}: " + "; ".join(
             f"{s['runtime']}: {s['reason']}" for s in skipped))
     compared = [r for r in runs if not r.get("reference")]
+    if not compared:
+        raise MRLDeployError(f"nothing to compare: only {runs[0]['runtime']}:{runs[0]['variant']} could run here (" +
+                             "; ".join(f"{s['runtime']}:{s['variant']}: {s['reason']}" for s in skipped) + ")")
     return {
         "artifact": str(artifact.path),
         "reference": {k: runs[0][k] for k in ("runtime", "variant", "device")},

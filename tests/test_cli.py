@@ -135,6 +135,7 @@ CASES = [
     ("compare-min-cosine-2", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--min-cosine", "2"], "--min-cosine must be between -1 and 1"),
     ("compare-atol-negative", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--atol", "-1"], "--atol must be >= 0"),
     ("compare-threads-0", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--threads", "0"], "--threads must be >= 1"),
+    ("compare-one-run", ["compare", "{artifact}", "--runtimes", "ort-cpu"], "nothing to compare"),
     ("compare-missing", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--inputs", "{plain}/missing.npy"], "inputs file not found"),
     ("compare-text", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--inputs", "{notes.txt}"], "takes tensors"),
     ("compare-shape", ["compare", "{artifact}", "--runtimes", "torch,ort-cpu", "--inputs", "{wrong.npy}"], "has shape (6, 7)"),
