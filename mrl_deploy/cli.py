@@ -82,7 +82,8 @@ def manifest_tables(manifest: dict) -> list:
     overview = Table(title="artifact", show_header=False)
     flops = manifest.get("flops") or {}
     rows = [
-        ("source", f"{source['kind']}: {source['path']}"),
+        ("source", f"{source['kind']}: " + (f"{source['repo_id']}@{source['revision']} ({source['path']})"
+                                            if source.get("repo_id") else source["path"])),
         ("full dim", str(manifest["full_dim"])),
         ("nesting dims", format_nesting_dims(manifest.get("nesting_dims"))),
         ("exported dims", ", ".join(map(str, manifest["exported_dims"]))),
@@ -124,7 +125,8 @@ def manifest_tables(manifest: dict) -> list:
 @app.command()
 def export(
     source: str = typer.Argument(..., help="An MRL ResNet-50 checkpoint (.pt), a sentence-transformers / Hugging Face "
-                                  "model directory, an `mrl-deploy train` checkpoint directory, or package.module:factory."),
+                                  "model directory or Hub id (org/name, from the local Hugging Face cache), an "
+                                  "`mrl-deploy train` checkpoint directory, or package.module:factory."),
     dims: List[str] = typer.Option([], "--dims", "-d", help="A granularity to export (repeatable, or comma-separated: --dims 64 --dims 128,256)."),
     output: Path = typer.Option(..., "--output", "-o", help="Artifact directory to write (replaced atomically only if the export succeeds)."),
     all_dims: bool = typer.Option(False, "--all-dims", help="Export every nesting dim of the model."),
