@@ -277,6 +277,17 @@ def test_cnn_on_hw_images_records_its_stages_and_threads(tmp_path):
     assert one["training"]["threads"] == 1
 
 
+@needs_torch
+def test_cli_deterministic_trains_on_one_thread(tmp_path):
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 2
+    path = _npz(tmp_path, rng.standard_normal((40, 6)).astype(np.float32) + y[:, None], y)
+    result = run_cli("train", path, "-o", tmp_path / "ckpt", "--epochs", 1, "--no-baseline", "--full-dim", 8,
+                     "--deterministic", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["training"]["threads"] == 1
+
+
 def _npz(tmp_path, x, y):
     path = tmp_path / "data.npz"
     np.savez(path, x=x, y=y)
