@@ -1,6 +1,6 @@
 """The command line as a user meets it: usage errors through the installed entry point (typer's
 usage message, exit 2), and every command given bad numbers, missing files, wrong file types and
-wrong shapes: exit 2, one line `error: ...` (or typer's usage block), no traceback, nothing written."""
+wrong shapes: exit 2, one line `error: ...`, no traceback, nothing written."""
 
 import hashlib
 import re
@@ -225,6 +225,38 @@ CASES = [
     ("bench-data-text", ["bench", "{artifact}", "--data", "{notes.txt}", "--duration", "0.01", "--json", "OUT.json"], "takes tensors"),
     ("bench-data-shape", ["bench", "{artifact}", "--data", "{wrong_labelled.npz}", "--duration", "0.01",
                           "--json", "OUT.json"], "has shape (60, 7)"),
+    # serve (every case fails before a server starts)
+    ("serve-port-0", ["serve", "{artifact}", "--port", "0"], "--port must be between 1 and 65535"),
+    ("serve-port-above", ["serve", "{artifact}", "--port", "70000"], "--port must be between 1 and 65535"),
+    ("serve-max-batch-0", ["serve", "{artifact}", "--max-batch", "0"], "--max-batch must be >= 1"),
+    ("serve-max-delay-negative", ["serve", "{artifact}", "--max-delay-ms", "-1"], "--max-delay-ms must be between 0"),
+    ("serve-max-queue-0", ["serve", "{artifact}", "--max-queue", "0"], "--max-queue must be >= 1"),
+    ("serve-max-request-items-0", ["serve", "{artifact}", "--max-request-items", "0"], "--max-request-items must be >= 1"),
+    ("serve-max-body-0", ["serve", "{artifact}", "--max-body-mb", "0"], "--max-body-mb must be in (0, 4096]"),
+    ("serve-threads-0", ["serve", "{artifact}", "--threads", "0"], "--threads must be >= 1"),
+    ("serve-replicas-0", ["serve", "{artifact}", "--ray", "--replicas", "0"], "--replicas must be >= 1"),
+    ("serve-num-cpus-negative", ["serve", "{artifact}", "--ray", "--num-cpus", "-1"], "--num-cpus must be >= 0"),
+    ("serve-ray-option-without-ray", ["serve", "{artifact}", "--replicas", "2"], "only with --ray"),
+    ("serve-missing", ["serve", "{plain}/missing"], "artifact directory not found"),
+    ("serve-index-missing", ["serve", "{artifact}", "--index", "{plain}/missing"], "index directory not found"),
+    ("serve-index-is-file", ["serve", "{artifact}", "--index", "{notes.txt}"], "index directory not found"),
+    # triton
+    ("triton-max-batch-0", ["triton", "{artifact}", "-o", "OUT", "--max-batch", "0"], "--max-batch must be >= 1"),
+    ("triton-instances-0", ["triton", "{artifact}", "-o", "OUT", "--instances", "0"], "--instances must be >= 1"),
+    ("triton-queue-delay-negative", ["triton", "{artifact}", "-o", "OUT", "--max-queue-delay-us", "-1"],
+     "--max-queue-delay-us must be >= 0"),
+    ("triton-missing", ["triton", "{plain}/missing", "-o", "OUT"], "artifact directory not found"),
+    ("triton-plain-dir", ["triton", "{plain}", "-o", "OUT"], "not an mrl-deploy artifact"),
+    ("triton-file", ["triton", "{notes.txt}", "-o", "OUT"], "artifact directory not found"),
+    ("triton-no-output", ["triton", "{artifact}"], "give --output"),
+    # embed --ray and index --shards: refused before any Ray work
+    ("embed-ray-concurrency-0", ["embed", "{artifact}", "{x.npy}", "--ray", "--concurrency", "0", "-o", "OUT"],
+     "--concurrency must be >= 1"),
+    ("embed-ray-shard-rows-0", ["embed", "{artifact}", "{x.npy}", "--ray", "--shard-rows", "0", "-o", "OUT"],
+     "--shard-rows must be >= 1"),
+    ("embed-ray-num-gpus-negative", ["embed", "{artifact}", "{x.npy}", "--ray", "--num-gpus", "-1", "-o", "OUT"],
+     "--num-gpus must be >= 0"),
+    ("index-shards-0", INDEX + ["-o", "OUT", "--shards", "0"], "--shards must be >= 1"),
     # demo
     ("demo-seed-negative", ["demo", "--workdir", "OUT", "--seed", "-1"], "--seed must be >= 0"),
     ("demo-workdir-is-file", ["demo", "--workdir", "{notes.txt}"], "is a file, not a directory"),
