@@ -434,7 +434,7 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
         if arch_name == "cnn":
             from .nets import CNN_STAGES
 
-            hyper["stages"] = CNN_STAGES
+            hyper["stages"] = [list(stage) for stage in CNN_STAGES]
     dims = _check_nesting(nesting_dims, full_dim)
     weights = _check_weights(dim_weights, dims)
     say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})

@@ -182,14 +182,14 @@ def test_a_dead_run_leaves_no_manifest_and_resume_redoes_only_missing_shards(ray
 
 
 @pytest.mark.parametrize("args, message", [
-    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--concurrency", "0"], "concurrency must be a positive"),
-    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--shard-rows", "0"], "shard rows must be a positive"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--concurrency", "0"], "--concurrency must be >= 1"),
+    (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--shard-rows", "0"], "--shard-rows must be >= 1"),
     (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--dtype", "f8"], "unknown dtype"),
     (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--dim", "64"], "above the largest exported dim"),
     (["embed", "{text}", "{inputs}", "--ray", "-o", "{out}", "--runtime", "ort-cuda", "--num-gpus", "0"], None),
     (["embed", "{text}", "{inputs}/missing*.txt", "--ray", "-o", "{out}"], "no .txt, .parquet or .npy files"),
     (["embed", "{text}", "{inputs}", "-o", "{out}.npy", "--concurrency", "2"], "only with --ray"),
-    (["serve", "{text}", "--ray", "--replicas", "0"], "replicas must be a positive"),
+    (["serve", "{text}", "--ray", "--replicas", "0"], "--replicas must be >= 1"),
     (["serve", "{text}", "--replicas", "2"], "only with --ray"),
 ])
 def test_ray_command_errors_are_one_line(text, corpus_files, root, args, message):
