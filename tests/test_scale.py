@@ -425,7 +425,9 @@ TWO_NODES = textwrap.dedent("""
                                 column="body")
         vectors, ids = load_corpus(out + "/emb")
         ShardedIndex.build(vectors, out + "/index", shards=2, keys=ids, shortlist_dim=8, ray=True)
-        index = ShardedIndex.load(out + "/index", ray=True, num_cpus=0.5)
+        # a whole CPU per shard actor on 1-CPU nodes: the two must land on different nodes (SPREAD
+        # alone is best effort and, under load, packed both onto the node that was free first)
+        index = ShardedIndex.load(out + "/index", ray=True, num_cpus=1)
         queries = vectors[::3] + 0.05
         truth, _ = exact_search(vectors, queries, 5)
         found, _ = index.search(queries, 5)
