@@ -58,7 +58,7 @@ def run_dataset(name: str, seeds: list[int], workdir: Path, log) -> dict:
             shape = [x_train.shape[1]]
         else:
             x_train, x_val, shape = train_set.x, val_set.x, train_set.sample_shape
-        settings = {k: main["training"][k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed")}
+        settings = {k: main["training"][k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "threads")}
         row["fixed_feature"] = {}
         for m in main["nesting_dims"]:
             net, _ = _train_one(main["architecture"], shape, m, [m], data.num_classes, False, x_train, train_set.y,

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..dims import check_dims, format_nesting_dims
-from ..errors import DimsError, SourceError, VerificationError, require
+from ..errors import DimsError, SourceError, VerificationError, check_number, require
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
 from ..sources import SourceModel, load_source, source_sha256
 
@@ -130,7 +130,13 @@ def export(
 
     say = progress or (lambda message: None)
     precision = _check_precision(precision)
+    import onnx.defs
+
+    # past the newest opset onnx knows, torch.onnx quietly writes an opset-18 graph
+    check_number(opset, "opset", 18, onnx.defs.onnx_opset_version(), integer=True)
     model = source if isinstance(source, SourceModel) else load_source(source, **source_options)
+    if model.origin:
+        say(f"{model.origin['repo_id']}: revision {model.origin['revision']} from the Hugging Face cache ({model.path})")
     say(f"loaded {model.kind} source: full dim {model.full_dim}, nesting dims {format_nesting_dims(model.nesting_dims)}")
     if all_dims and model.nesting_dims is None:
         raise DimsError(f"{model.path} does not declare its nesting dims, so --all-dims has nothing to export: "
@@ -345,8 +351,6 @@ def _quiet():
 def _torch_to_onnx(module, model: SourceModel, outputs, path: Path, opset: int) -> None:
     import torch
 
-    if opset < 18:
-        raise SourceError(f"opset {opset} is not supported by torch.onnx's exporter: use 18 or later")
     example = model.random_inputs(batch=VERIFY_BATCH, seed=1)
     args = tuple(torch.from_numpy(example[spec.name]) for spec in model.inputs)
     dynamic = tuple(
@@ -505,7 +509,7 @@ def _manifest(model: SourceModel, dims, outputs, models, opset: int, flops) -> d
         "mrl_deploy_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {"kind": model.kind, "path": str(Path(model.path).resolve()) if Path(model.path).exists() else model.path,
-                   "sha256": source_sha256(model.path), "options": model.options},
+                   "sha256": source_sha256(model.path), "options": model.options, **model.origin},
         "modality": "text" if model.tokenizer_file is not None else "tensor",
         "full_dim": model.full_dim,
         "nesting_dims": None if model.nesting_dims is None else list(model.nesting_dims),

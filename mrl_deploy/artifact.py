@@ -286,5 +286,12 @@ def load_inputs(path: str | Path, artifact: Artifact | None = None) -> Any:
     except (ValueError, OSError) as exc:
         if isinstance(exc, MRLDeployError):
             raise
-        raise InputError(f"cannot read {path}: {exc}") from None
+        raise InputError(f"cannot read {path}: {numpy_load_problem(exc)}") from None
     raise InputError(f"unsupported inputs file {path}: use .npy, .npz or .txt")
+
+
+def numpy_load_problem(exc: Exception) -> str:
+    """np.load's reason, without its advice to allow pickles (never done here: files are data)."""
+    if "pickle" in str(exc):
+        return "not a numeric numpy file (neither an array saved with numpy.save nor numpy.savez)"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError
+from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number
 from .flops import FLOPS_UNIT, retrieval_flops
 
 SCHEMA = "mrl-deploy-bench/1"
@@ -260,7 +260,7 @@ def dim_costs(manifest: dict[str, Any], dims: Iterable[int], corpus_size: int, s
     flops = manifest.get("flops") or {}
     heads = {int(k): int(v) for k, v in (flops.get("heads") or {}).items()}
     encoder = flops.get("encoder")
-    rerank_dim = rerank_dim or max(manifest["exported_dims"])
+    rerank_dim = max(manifest["exported_dims"]) if rerank_dim is None else check_number(rerank_dim, "rerank_dim", 1, integer=True)
     rows = []
     for dim in sorted(set(int(d) for d in dims)):
         rows.append({
@@ -654,12 +654,12 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     from .artifact import Artifact
 
     say = progress or (lambda message: None)
-    if duration <= 0:
-        raise InputError(f"--duration must be > 0 seconds, got {duration}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
-    if corpus_size < 1 or shortlist_size < 1:
-        raise InputError("--corpus-size and --shortlist-size must be >= 1")
+    check_number(duration, "duration", 0, low_open=True)
+    check_number(threads, "threads", 1, integer=True, optional=True)
+    check_number(corpus_size, "corpus_size", 1, integer=True)
+    check_number(shortlist_size, "shortlist_size", 1, integer=True)
+    check_number(seq_len, "seq_len", 2, integer=True)     # a text takes at least its two special tokens
+    check_number(limit, "limit", 1, integer=True, optional=True)
     artifact = Artifact.load(artifact_dir)
     manifest = artifact.manifest
     chosen_dims = check_bench_dims(manifest, dims)

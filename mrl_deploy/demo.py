@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import InputError, MRLDeployError, check_number
 
 DEFAULT_WORKDIR = Path("artifacts/demo")
 K = 10                      # recall@10 and mAP@10
@@ -34,8 +35,11 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
     """Run the whole demo in `workdir`; returns every number (also written to demo.json)."""
     from rich.console import Console
 
+    check_number(seed, "seed", 0, integer=True)
     console = console or Console(stderr=True)
     workdir = Path(workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir} is a file, not a directory")
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -97,7 +101,6 @@ def _checkpoint(path: Path, retrain: bool, seed: int, console) -> tuple[Path, di
 
 def _artifact(checkpoint: Path, path: Path, console):
     from .artifact import Artifact
-    from .errors import MRLDeployError
     from .exporters.onnx import export
     from .sources import source_sha256
 

@@ -59,3 +59,39 @@ def require(module: str, extra: str, what: str = ""):
         if exc.name and exc.name.split(".")[0] != module.split(".")[0]:
             raise
         raise MissingExtraError(module, extra, what) from None
+
+
+def describe_range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                   high_open: bool = False) -> str:
+    """'>= 1', '> 0', 'between 0 and 100', 'in (0, 1]': the range check_number enforces, in words."""
+    if low is not None and high is not None:
+        if not (low_open or high_open):
+            return f"between {low} and {high}"
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return "a number"
+
+
+def check_number(value, name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, optional: bool = False):
+    """The one check of a numeric setting (CLI options and library arguments alike): a number of
+    the right kind within [low, high] (open ends with low_open / high_open), else an InputError
+    naming it. None passes only when `optional`. Returns the value, so `x = check_number(x, ...)`."""
+    import math
+    import numbers
+
+    if value is None and optional:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and (value <= low if low_open else value < low)) or (
+            high is not None and (value >= high if high_open else value > high)):
+        raise InputError(f"{name} must be {describe_range(low, high, low_open=low_open, high_open=high_open)}, "
+                         f"got {value!r}")
+    return value

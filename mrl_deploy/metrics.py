@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import check_number
+
 # --- retrieval ------------------------------------------------------------------------------------
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int | None = None) -> float:
     """Mean fraction of each query's exact top-k that the search found in its own top k."""
     found, truth = np.atleast_2d(found), np.atleast_2d(truth)
-    k = k or truth.shape[1]
+    k = truth.shape[1] if k is None else check_number(k, "k", 1, truth.shape[1], integer=True)
     found, truth = found[:, :k], truth[:, :k]
     hits = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
     return float(hits.any(axis=2).sum() / (len(truth) * k))

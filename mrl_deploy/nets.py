@@ -1,9 +1,14 @@
 """The networks `mrl-deploy train` builds: an encoder giving z (batch x full_dim) and MRL heads.
 
 Encoders (architecture names as stored in mrl_model.json):
-  cnn       image-shaped x (N x C x H x W, N x H x W or N x H x W x C, read from the data): 3x3
-            conv blocks with 2x max-pooling until the feature map is at most 4 x 4, then a linear
-            layer to z. The input shape is fixed, so no adaptive pooling is needed (exports cleanly).
+  cnn       image-shaped x (N x C x H x W, N x H x W or N x H x W x C, read from the data): stages
+            of 3x3 convs, a 2x max-pool between stages, the last stage's width repeated at every
+            further halving until the feature map is at most 4 x 4, then a linear layer to z. The
+            input shape is fixed, so no adaptive pooling is needed (exports cleanly). The default
+            [[32], [64]] pools right after the first conv: 6.0 M multiply-adds per 28 x 28 sample
+            (0.38 M per 8 x 8 digit) where the former [[32, 64]], two convs at full resolution,
+            cost 24 M (1.85 M), at the same digits accuracy within noise (benchmarks/README.md,
+            training).
   mlp       flat x (or any other shape, flattened): two hidden ReLU layers, then a linear layer to z.
   adapter   a linear d -> d map on top of a frozen sentence-transformers encoder's embedding,
             initialised to the identity (so training starts from the plain encoder).
@@ -41,21 +46,37 @@ class InputNorm(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
+CNN_STAGES = [[32], [64]]
+# What checkpoints written before the stages were recorded hold: two convs at full resolution.
+LEGACY_CNN_STAGES = [[32, 64]]
+
+
 class SmallCNN(nn.Module):
-    def __init__(self, input_shape: Sequence[int], full_dim: int, channels: Sequence[int] = (32, 64),
+    def __init__(self, input_shape: Sequence[int], full_dim: int, stages: Sequence[Sequence[int]] = CNN_STAGES,
                  dropout: float = 0.1, mean: float = 0.0, std: float = 1.0):
         super().__init__()
         self.layout = image_layout(input_shape)
         if self.layout is None:
             raise ValueError(f"input shape {list(input_shape)} is not image-shaped")
         shape = list(input_shape)
-        in_channels, height, width = {"chw": shape, "hw": [1, *shape], "hwc": [shape[2], *shape[:2]]}[self.layout]
+        if self.layout == "chw":
+            in_channels, height, width = shape
+        elif self.layout == "hw":
+            in_channels, height, width = 1, *shape
+        else:
+            height, width, in_channels = shape
         self.norm = InputNorm(mean, std)
         layers: list[nn.Module] = []
         previous = in_channels
-        for out in channels:
-            layers += [nn.Conv2d(previous, out, 3, padding=1), nn.ReLU()]
-            previous = out
+        for index, widths in enumerate(stages):
+            if index:
+                if height <= 4 and width <= 4:
+                    break                  # small inputs: no further halving, fewer stages
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            for out in widths:
+                layers += [nn.Conv2d(previous, out, 3, padding=1), nn.ReLU()]
+                previous = out
         while height > 4 or width > 4:  # halve until the map is small; the flatten size stays fixed
             layers += [nn.MaxPool2d(2), nn.Conv2d(previous, previous, 3, padding=1), nn.ReLU()]
             height, width = height // 2, width // 2
@@ -176,5 +197,8 @@ def build_encoder(name: str, input_shape: Sequence[int], full_dim: int, **hyperp
 def build_net(architecture: dict[str, Any], input_shape: Sequence[int], full_dim: int, nesting_dims: Sequence[int],
               num_classes: int, efficient: bool = False) -> MRLNet:
     """Rebuild a network from mrl_model.json's architecture entry {name, hyperparameters}."""
-    encoder = build_encoder(architecture["name"], input_shape, full_dim, **architecture.get("hyperparameters", {}))
+    hyperparameters = dict(architecture.get("hyperparameters", {}))
+    if architecture["name"] == "cnn":
+        hyperparameters.setdefault("stages", LEGACY_CNN_STAGES)
+    encoder = build_encoder(architecture["name"], input_shape, full_dim, **hyperparameters)
     return MRLNet(encoder, full_dim, nesting_dims, num_classes, efficient)

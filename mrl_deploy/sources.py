@@ -5,6 +5,10 @@ Kinds, detected from the path:
   sentence-transformers  a sentence-transformers / Hugging Face model directory
   mrl-deploy             a checkpoint directory written by `mrl-deploy train` (mrl_model.json inside)
   factory                `package.module:factory`, a callable returning an nn.Module
+A Hugging Face Hub id (`org/name`) that is not a local path is resolved to its snapshot directory
+in the local Hugging Face cache (huggingface_hub.snapshot_download: downloaded where the machine is
+online and HF_HUB_OFFLINE is not set); the repo id and the snapshot's commit become the source's
+`origin`, recorded in the manifest.
 torch is imported by the loaders, never at module import.
 """
 
@@ -16,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, check_number
 
 
 @dataclass
@@ -55,6 +59,7 @@ class SourceModel:
     tokenizer_file: Path | None = None             # text models: copied into the artifact
     # `mrl-deploy train` checkpoints: the data and split they were trained on (data.split_record)
     training_data: dict[str, Any] | None = None
+    origin: dict[str, Any] = field(default_factory=dict)   # a Hub id's {repo_id, revision}
     # (batch, seed, held_out) -> feed; held_out=True draws from inputs the other calls never give
     sample_inputs: Callable[..., dict[str, np.ndarray]] | None = None
 
@@ -119,6 +124,9 @@ def detect_kind(spec: str | Path) -> str:
 def load_source(spec: str | Path, kind: str | None = None, **options: Any) -> SourceModel:
     """Load SOURCE as a SourceModel. `options` depend on the kind (nesting_dims, input_shape,
     pre_truncation, trust_remote_code, max_seq_length); unknown ones are refused."""
+    origin: dict[str, Any] = {}
+    if kind in (None, "sentence-transformers", "mrl-deploy") and is_hub_id(spec) and not Path(spec).exists():
+        spec, origin = resolve_hub_id(str(spec))
     kind = kind or detect_kind(spec)
     options = {k: v for k, v in options.items() if v is not None}
     loaders = {
@@ -129,7 +137,46 @@ def load_source(spec: str | Path, kind: str | None = None, **options: Any) -> So
     }
     if kind not in loaders:
         raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}")
-    return loaders[kind](str(spec), **options)
+    model = loaders[kind](str(spec), **options)
+    model.origin = origin
+    return model
+
+
+# --- Hugging Face Hub ids ----------------------------------------------------------------------
+
+def is_hub_id(spec: str | Path) -> bool:
+    """`org/name` the way model cards spell it: one slash, no other path syntax."""
+    import re
+
+    return isinstance(spec, str) and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) is not None
+
+
+# weight formats the exporter never reads: a download skips them
+HUB_IGNORE = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "coreml/*", "tf_model*",
+              "flax_model*", "rust_model*"]
+
+
+def resolve_hub_id(repo_id: str) -> tuple[Path, dict[str, Any]]:
+    """A Hub id's snapshot directory through huggingface_hub's cache (it honours HF_HUB_OFFLINE
+    and HF_HUB_CACHE), and {repo_id, revision: the snapshot's commit hash}."""
+    from .errors import require
+
+    hub = require("huggingface_hub", "text", "Hugging Face Hub ids")
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    try:
+        folder = Path(hub.snapshot_download(repo_id, ignore_patterns=HUB_IGNORE))
+    except LocalEntryNotFoundError:
+        offline = " (HF_HUB_OFFLINE is set)" if hub.constants.HF_HUB_OFFLINE else ""
+        raise SourceError(
+            f"source not found: {repo_id} is not a local path, and as a Hugging Face Hub id it is not in the "
+            f"local cache {hub.constants.HF_HUB_CACHE}{offline}: fetch it where there is network with "
+            f"`hf download {repo_id}` (and copy the cache, or point HF_HUB_CACHE at it), or give the model's directory"
+        ) from None
+    except (OSError, ValueError) as exc:   # not on the Hub, gated, bad id, the Hub unreachable
+        message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise SourceError(f"cannot resolve the Hugging Face Hub id {repo_id}: {message}") from None
+    return folder, {"repo_id": repo_id, "revision": folder.name}
 
 
 def source_sha256(spec: str | Path) -> str | None:
@@ -302,6 +349,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
     from .errors import require
 
     _unexpected("sentence-transformers", options)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True, optional=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     st_lib = require("sentence_transformers", "text", "exporting sentence-transformers models")
@@ -314,7 +362,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
         if "trust_remote_code" in str(exc):
             message += " (the model has custom code: pass --trust-remote-code if you trust it)"
         raise SourceError(f"cannot load sentence-transformers model {directory}: {message}") from None
-    if max_seq_length:
+    if max_seq_length is not None:
         st.max_seq_length = int(max_seq_length)
     st.eval()
     configs = {}

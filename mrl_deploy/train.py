@@ -20,7 +20,7 @@ Checkpoint directory (what `mrl-deploy export` takes, detected by mrl_model.json
                      path, package, max_seq_length, dim); data (name, kind, samples, fingerprint,
                      seed, val_fraction, test_fraction: data.split_record; split sizes);
                      training (loss, epochs, batch_size, lr, weight_decay, dim_weights, seed,
-                     seconds); accuracy {mrl, baseline_truncated, baseline_probe, encoder_probe}
+                     threads, seconds); accuracy {mrl, baseline_truncated, baseline_probe, encoder_probe}
                      per dim (validation split, %).
   model.safetensors  the MRLNet's weights (encoder or adapter, and heads; a text adapter's frozen
                      encoder is not copied: it is loaded from encoder.path).
@@ -49,7 +49,7 @@ import numpy as np
 from .cache import cache_dir
 from .data import Dataset, load_dataset, split_dataset, split_record
 from .dims import parse_dims
-from .errors import DataError, DimsError, SourceError, require
+from .errors import DataError, DimsError, SourceError, check_number, require
 
 CHECKPOINT_FORMAT = "mrl-deploy-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -123,12 +123,30 @@ def mrl_loss(logits: Sequence[Any], y: Any, weights: Sequence[float] | None = No
 
 # --- training loop ----------------------------------------------------------------------------
 
+def default_threads() -> int:
+    """The cores this process may run on (train's default thread count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def passive_thread_waits() -> None:
+    """Let torch's OpenMP threads sleep, not spin, while they wait for work (only where torch is
+    not imported yet: the setting is read once). Spinning threads on a machine whose cores other
+    processes keep busy trained 4-10x slower than one thread here (2 cores, load 4); sleeping
+    ones, 1.3-2x. Set OMP_WAIT_POLICY yourself to choose otherwise."""
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @contextlib.contextmanager
-def _deterministic(seed: int, threads: int = 1):
-    """Seed torch's global generator (initialisation, dropout) and fix the thread count while
-    training. One thread: these nets are small (a thread team costs more than it saves, and far
-    more on a shared, busy machine: 3x slower measured here), and a fixed count keeps the float
-    reductions, hence the weights, identical from one machine to the next."""
+def _seeded(seed: int, threads: int):
+    """Seed torch's global generator (initialisation, dropout) and set torch's thread count while
+    training. One thread is the bit-exact mode: the float reductions, hence the weights, are the
+    same on every run; with several, torch may split them differently from run to run."""
     import torch
 
     previous = torch.get_num_threads()
@@ -213,7 +231,7 @@ def probe_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_eval: np.ndarray,
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # small problems: see _deterministic
+    torch.set_num_threads(1)  # small problems, and deterministic
     try:
         return {m: _accuracy(_probe_logits(z_train[:, :m], y_train, z_eval[:, :m], num_classes, weight_decay), y_eval)
                 for m in dims}
@@ -358,10 +376,24 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
           full_dim: int | None = None, dim_weights: Any = None, architecture: str | None = None,
           epochs: int | None = None, batch_size: int = 64, lr: float | None = None, weight_decay: float = 1e-4,
           seed: int = 0, val_fraction: float = 0.3, baseline: bool = True, encoder: str | Path | None = None,
-          max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, progress: Progress | None = None) -> dict[str, Any]:
+          max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, threads: int | None = None,
+          progress: Progress | None = None) -> dict[str, Any]:
     """Train an MRL (or MRL-E) model on DATA, evaluate every nesting dim on the validation split
     (and the full-dim-only baseline by truncation and by probes), and write the checkpoint
-    directory `output` atomically. Returns the summary (also stored in mrl_model.json)."""
+    directory `output` atomically. Returns the summary (also stored in mrl_model.json).
+
+    `threads`: torch's threads for training (default: every core this process may use); 1 is
+    the bit-exact mode (the same seed gives the same weights on every run)."""
+    check_number(epochs, "epochs", 1, integer=True, optional=True)
+    check_number(batch_size, "batch_size", 1, integer=True)
+    check_number(full_dim, "full_dim", 1, integer=True, optional=True)
+    check_number(seed, "seed", 0, integer=True)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True)
+    check_number(weight_decay, "weight_decay", 0)
+    check_number(lr, "lr", 0, low_open=True, optional=True)
+    check_number(val_fraction, "val_fraction", 0, 1, low_open=True, high_open=True)
+    threads = default_threads() if threads is None else check_number(threads, "threads", 1, integer=True)
+    passive_thread_waits()
     require("torch", "export", "training")
     require("safetensors", "export", "saving checkpoints")
     started = time.perf_counter()
@@ -394,16 +426,23 @@ def train(data: str | Path | Dataset, output: str | Path, *, efficient: bool = F
             raise DataError(f"unknown architecture {architecture!r} for {dataset.kind} data: use cnn or mlp")
         if arch_name == "cnn" and dataset.kind != "image":
             raise DataError(f"cnn needs image-shaped x (N x C x H x W, N x H x W, N x H x W x C); got samples of shape {input_shape}")
-        full_dim = int(full_dim or (parse_dims(nesting_dims)[-1] if nesting_dims else DEFAULT_FULL_DIM))
+        if full_dim is None:
+            full_dim = parse_dims(nesting_dims)[-1] if nesting_dims else DEFAULT_FULL_DIM
+        full_dim = int(full_dim)
         values = np.asarray(x_train, dtype=np.float32)
         hyper = {"mean": float(values.mean()), "std": float(values.std() + 1e-6)}
+        if arch_name == "cnn":
+            from .nets import CNN_STAGES
+
+            hyper["stages"] = [list(stage) for stage in CNN_STAGES]
     dims = _check_nesting(nesting_dims, full_dim)
     weights = _check_weights(dim_weights, dims)
     say({"stage": "data", "train": len(train_set), "validation": len(val_set), "summary": dataset.summary()})
-    settings = {"loss": "mrl-e" if efficient else "mrl", "epochs": int(epochs or EPOCHS[arch_name]),
-                "batch_size": int(batch_size), "lr": float(lr or LEARNING_RATE[arch_name]),
+    settings = {"loss": "mrl-e" if efficient else "mrl",
+                "epochs": int(EPOCHS[arch_name] if epochs is None else epochs), "batch_size": int(batch_size),
+                "lr": float(LEARNING_RATE[arch_name] if lr is None else lr),
                 "weight_decay": float(weight_decay), "dim_weights": weights, "seed": int(seed),
-                "optimizer": "AdamW, one-cycle schedule"}
+                "threads": int(threads), "optimizer": "AdamW, one-cycle schedule"}
     architecture_entry = {"name": arch_name, "hyperparameters": hyper}
     num_classes = dataset.num_classes
 
@@ -454,7 +493,7 @@ def _train_one(architecture: dict, input_shape, full_dim, dims, num_classes, eff
                weights, say, stage):
     from .nets import build_net
 
-    with _deterministic(settings["seed"]):
+    with _seeded(settings["seed"], settings.get("threads", 1)):
         net = build_net(architecture, input_shape, full_dim, dims, num_classes, efficient)
         history = fit(net, x, y, epochs=settings["epochs"], batch_size=settings["batch_size"], lr=settings["lr"],
                       weight_decay=settings["weight_decay"], seed=settings["seed"], weights=weights,
@@ -596,7 +635,8 @@ def _text_source(net, meta, path, max_seq_length, encoder, common):
         encoder_path = default_encoder_path()  # the checkpoint moved to another environment
     if not encoder_path.is_dir():
         raise SourceError(f"{path}: the adapter's encoder {encoder_path} is not there (pass encoder=PATH)")
-    length = int(max_seq_length or info.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
+    check_number(max_seq_length, "max_seq_length", 1, integer=True, optional=True)
+    length = int(max_seq_length if max_seq_length is not None else info.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
     base = load_sentence_transformers(str(encoder_path), max_seq_length=length)
     if base.full_dim != info["dim"]:
         raise SourceError(f"{path}: the adapter takes {info['dim']}-d embeddings but {encoder_path} gives {base.full_dim}")

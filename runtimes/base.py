@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import check_number
+
 
 class Runtime(abc.ABC):
     """Runs one model variant of an artifact.
@@ -22,7 +24,7 @@ class Runtime(abc.ABC):
     def __init__(self, artifact: Any, *, variant: str = "fp32", threads: int | None = None):
         self.artifact = artifact
         self.variant = variant
-        self.threads = threads
+        self.threads = check_number(threads, "threads", 1, integer=True, optional=True)
         self.is_active = False
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import InputError, MRLDeployError
+from ..errors import InputError, MRLDeployError, check_number
 
 # The exporter's bounds against PyTorch (exporters/onnx.py TOLERANCE): top-1 agreement is
 # reported, not enforced here, because a handful of random inputs makes it a coin toss on ties.
@@ -115,7 +115,7 @@ def input_feeds(artifact: Any, inputs: Any = None, *, batch: int = DEFAULT_BATCH
     """Batches to compare on: `inputs` (array, dict, texts; at most `limit` rows) or one random batch."""
     if inputs is None:
         return [random_feed(artifact, batch, seed)]
-    if artifact.is_text:
+    if artifact.is_text or isinstance(inputs, (list, tuple)):   # texts (for a tensor model: refused by batches)
         inputs = list(inputs)[:limit]
     elif isinstance(inputs, dict):
         inputs = {k: np.asarray(v)[:limit] for k, v in inputs.items()}
@@ -176,10 +176,21 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
     from . import create_runtime
 
     say = progress or (lambda message: None)
+    check_number(batch, "batch", 1, integer=True)
+    check_number(limit, "limit", 1, integer=True)
+    check_number(seed, "seed", 0, integer=True)
+    check_number(threads, "threads", 1, integer=True, optional=True)
+    check_number(min_cosine, "min_cosine", -1, 1, optional=True)
+    check_number(max_abs_diff, "max_abs_diff", 0, optional=True)
     # A default list skips what cannot start here (reported); a runtime asked for by name must run.
     skip_unavailable = not runtimes
     pairs = runtime_pairs(runtimes or default_runtime_list(artifact), artifact.manifest, variants=variants)
+    if len(pairs) < 2:
+        raise InputError(f"nothing to compare: only {', '.join(f'{n}:{v}' for n, v in pairs)} would run; name two runtimes "
+                         "(--runtimes torch,ort-cpu), or one whose artifact has fp16 / int8 variants besides fp32")
     feeds = input_feeds(artifact, inputs, batch=batch, limit=limit, seed=seed)
+    if not feeds:
+        raise InputError("no inputs to compare (the inputs have no rows)")
     samples = sum(len(next(iter(f.values()))) for f in feeds)
     outputs = artifact.manifest["outputs"]
     runs, skipped = [], []
@@ -224,6 +235,9 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
         raise MRLDeployError(f"no runtime could run {artifact.path}: " + "; ".join(
             f"{s['runtime']}: {s['reason']}" for s in skipped))
     compared = [r for r in runs if not r.get("reference")]
+    if not compared:
+        raise MRLDeployError(f"nothing to compare: only {runs[0]['runtime']}:{runs[0]['variant']} could run here (" +
+                             "; ".join(f"{s['runtime']}:{s['variant']}: {s['reason']}" for s in skipped) + ")")
     return {
         "artifact": str(artifact.path),
         "reference": {k: runs[0][k] for k in ("runtime", "variant", "device")},

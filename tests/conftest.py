@@ -6,6 +6,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: as `mrl-deploy train` does (train.py)
 sys.path.insert(0, str(Path(__file__).parent))  # `factories:NAME` sources
 
 try:

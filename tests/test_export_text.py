@@ -250,3 +250,64 @@ def test_cli_unknown_nesting_dims_are_recorded_as_unknown(tiny_models, tmp_path)
     with pytest.warns(UserWarning, match=r"\[12\] are not in the model's nesting dims"):
         artifact = export(tiny_models["carded"], dims=[12], all_dims=True, output=tmp_path / "carded")
     assert artifact.manifest["nesting_dims"] == [8, 16, 32] and artifact.exported_dims == [8, 12, 16, 32]
+
+
+# --- Hugging Face Hub ids, from the local cache ----------------------------------------------------
+
+REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
+COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+
+
+def hub_cache(root: Path, repo_id: str, model_dir: Path, commit: str) -> Path:
+    """A cache laid out as huggingface_hub lays it out: models--org--name/refs/main holds the
+    commit; snapshots/<commit>/ holds relative links into blobs/ (here links to the packaged files)."""
+    import hashlib
+    import os
+
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    for item in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(item.read_bytes()).hexdigest()
+        if not blob.exists():
+            blob.symlink_to(item)
+        link = repo / "snapshots" / commit / item.relative_to(model_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return root
+
+
+def test_export_a_hub_id_from_the_local_cache_offline(model_dir, st_model, tmp_path):
+    """`mrl-deploy export org/name` resolves the id through huggingface_hub's cache (offline) and
+    records the repo id and the snapshot's revision; an id that is not cached is one line saying so."""
+    import os
+    import subprocess
+    import sys
+
+    from mrl_deploy import Artifact
+
+    cache = hub_cache(tmp_path / "hub", REPO_ID, model_dir, COMMIT)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    cli = [str(Path(sys.executable).parent / "mrl-deploy"), "export"]
+    work = tmp_path / "work"   # no local directory is called sentence-transformers/ here
+    work.mkdir()
+    result = subprocess.run([*cli, REPO_ID, "--dims", "64", "-o", "minilm", "--json"], capture_output=True,
+                            text=True, env=env, cwd=work, timeout=600)
+    assert result.returncode == 0, result.stderr
+    source = json.loads(result.stdout)["source"]
+    assert source["kind"] == "sentence-transformers" and source["repo_id"] == REPO_ID
+    assert source["revision"] == COMMIT
+    assert Path(source["path"]) == (cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / COMMIT).resolve()
+    assert source["options"]["trust_remote_code"] is False
+    expected = st_model.encode(TEXTS, truncate_dim=64, normalize_embeddings=True)
+    got = Artifact.load(work / "minilm").encode(TEXTS, dim=64)
+    assert np.sum(expected * got, axis=1).min() >= 0.9999
+
+    result = subprocess.run([*cli, "sentence-transformers/all-mpnet-base-v2", "--dims", "64", "-o", "mpnet"],
+                            capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: source not found"), result.stderr
+    assert "not in the local cache" in lines[0] and "hf download sentence-transformers/all-mpnet-base-v2" in lines[0]
+    assert not (work / "mpnet").exists()

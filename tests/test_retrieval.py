@@ -12,7 +12,7 @@ import pytest
 from conftest import needs_torch
 from mrl_deploy.errors import ArtifactError, InputError
 from mrl_deploy.metrics import average_precision_at_k, map_at_k, precision_at_k, recall_at_k
-from mrl_deploy.retrieval import AdaptiveIndex, exact_search, parse_funnel, prefix
+from mrl_deploy.retrieval import AdaptiveIndex, exact_search, parse_funnel, prefix, tune
 
 pytest.importorskip("usearch")
 
@@ -220,7 +220,18 @@ def test_indexes_without_checksums_still_load(data, index, tmp_path):
     (lambda ix, q: ix.search(q, k=2001), "larger than the corpus"),
     (lambda ix, q: ix.search(q[:0]), "no queries given"),
     (lambda ix, q: ix.search(np.where(np.arange(64) == 3, np.nan, q)), "NaN"),
-    (lambda ix, q: ix.search(q, k=0), "positive integer"),
+    (lambda ix, q: ix.search(q, k=0), "k must be >= 1"),
+    # a 0 is refused, never taken for "the default"
+    (lambda ix, q: ix.search(q, shortlist_size=0), "shortlist_size must be >= 1"),
+    (lambda ix, q: ix.search(q, expansion_search=0), "expansion_search must be >= 1"),
+    (lambda ix, q: ix.search(q, expansion_search=-1), "expansion_search must be >= 1"),
+    (lambda ix, q: ix.funnel(q, "16:100,64:10", k=0), "k must be >= 1"),
+    (lambda ix, q: exact_search(ix._store, q, 10, dim=0), "dim must be between 1 and"),
+    (lambda ix, q: recall_at_k(ix.search(q)[0], ix.exact(q)[0], k=0), "k must be between 1 and 10"),
+    (lambda ix, q: tune(ix, q, repeats=0), "repeats must be >= 1"),
+    (lambda ix, q: tune(ix, q, recall=0), "recall must be in"),
+    (lambda ix, q: tune(ix, q, shortlist_sizes=[5, 100]), "shortlist size must be >= 10"),
+    (lambda ix, q: tune(ix, q, expansions=[]), "no expansions to sweep"),
     (lambda ix, q: ix.search(q, shortlist_size=5), "smaller than k"),
     (lambda ix, q: ix.search(q, funnel=[(32, 100), (64, 10)]), "shortlist dim 16"),
     (lambda ix, q: ix.search(q, funnel=[(16, 100), (8, 50), (64, 10)]), "must increase"),
@@ -239,6 +250,10 @@ def test_search_errors_are_one_line(data, index, call, message):
     (np.zeros((10, 64), dtype=np.float32), {}, "all zeros"),
     (np.ones((0, 64), dtype=np.float32), {}, "no vectors"),
     (np.ones((10, 64), dtype=np.float32), {"shortlist_dim": 128}, "shortlist dim 128"),
+    (np.ones((10, 64), dtype=np.float32), {"shortlist_dim": 0}, "shortlist dim must be >= 1"),
+    (np.ones((10, 64), dtype=np.float32), {"rerank_dim": 0}, "rerank dim must be >= 1"),
+    (np.ones((10, 64), dtype=np.float32), {"connectivity": 1}, "connectivity must be >= 2"),
+    (np.ones((10, 64), dtype=np.float32), {"expansion_search": 0}, "expansion_search must be >= 1"),
     (np.ones((10, 64), dtype=np.float32), {"dtype": "f8"}, "unknown shortlist dtype"),
     (np.ones((10, 64), dtype=np.float32), {"dtype": "b1", "shortlist_dim": 12}, "divisible by 8"),
     (np.array(["a", "b"]), {}, "real numbers"),
@@ -359,9 +374,10 @@ def test_tune_recommends_and_saves(data, index, tmp_path):
     assert saved.settings["tuned"]["recommended"] == best
     ids, _ = saved.search(data["queries"], k=K)  # the saved default
     assert recall_at_k(ids, data["truth"]) >= 0.95
+    short = tune(loaded, data["queries"], recall=1.0, dims=[8], shortlist_sizes=[10], expansions=[10], repeats=1)
+    assert short["report"]["points"][0]["recall"] < 1.0   # a shortlist of k at 8 of 64 dims misses some
     with pytest.raises(InputError, match="no setting reached"):
-        apply_recommendation(loaded, tune(loaded, data["queries"], recall=1.01, dims=[16], shortlist_sizes=[10],
-                                          expansions=[10], repeats=1), path)
+        apply_recommendation(loaded, short, path)
 
 
 # --- the command line ----------------------------------------------------------------------------------------

@@ -365,6 +365,24 @@ def test_cli_compare(artifacts, tmp_path):
         assert result.returncode == 2 and "CUDAExecutionProvider" in result.stderr
 
 
+@needs_torch
+def test_compare_with_fewer_than_two_runs_is_an_error_not_a_pass(artifacts, monkeypatch):
+    """One runtime and one variant compare nothing: that is said, exit 2, never 'passed'."""
+    import mrl_deploy.runtimes.compare as compare_module
+
+    artifact = artifacts["mlp-heads"]
+    with pytest.raises(InputError, match="nothing to compare: only ort-cpu:fp32 would run"):
+        compare_runtimes(artifact, ["ort-cpu:fp32"])
+    with pytest.raises(InputError, match="nothing to compare"):
+        compare_runtimes(artifact, ["ort-cpu"], variants=False)
+    if not HAS_ORT_CUDA:  # a default list whose other runtimes are skipped here
+        monkeypatch.setattr(compare_module, "default_runtime_list", lambda artifact: ["ort-cpu", "ort-cuda"])
+        with pytest.raises(MRLDeployError, match="only ort-cpu:fp32 could run here.*ort-cuda"):
+            compare_runtimes(artifact, None, variants=False)
+    result = run_cli("compare", artifact.path, "--runtimes", "ort-cpu", "--no-variants")
+    assert result.returncode == 2 and "error: nothing to compare" in result.stderr, result.stderr
+
+
 # --- TensorRT: planning and error paths, without TensorRT -------------------------------------------
 
 @pytest.mark.parametrize("version,precision,onnx,flags,typed", [

@@ -881,7 +881,7 @@ def test_serve_command_errors_are_one_line(tiny, tmp_path):
     assert "MRL_UNSET_KEY" in runs["key"].stderr
     assert "cannot listen" in runs["port"].stderr
     assert "int8" in runs["variant"].stderr
-    assert "max_batch" in runs["batch"].stderr
+    assert "--max-batch must be >= 1" in runs["batch"].stderr
 
 
 def test_index_keeps_texts_and_metadata_and_search_returns_them(text, tmp_path):

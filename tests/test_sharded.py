@@ -161,7 +161,7 @@ def test_cli_index_shards_and_search(data, tmp_path):
     direct = ShardedIndex.load(tmp_path / "x.index").search(data["queries"][:20], 5)[0]
     assert np.array_equal(result["ids"], direct)
     assert [[d["metadata"]["n"] for d in row] for row in result["documents"]] == direct.tolist()
-    for args, message in [(("--shards", 0), "positive integer"), (("--ray",), "give --shards"),
+    for args, message in [(("--shards", 0), "--shards must be >= 1"), (("--ray",), "give --shards"),
                           (("--shards", 2, "--append"), "--append")]:
         bad = cli("index", "--vectors", tmp_path / "x.npy", "-o", tmp_path / "y.index", *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

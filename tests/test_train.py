@@ -213,6 +213,29 @@ def test_training_nesting_dims_and_weight_checks():
         _check_weights("1,-1", [8, 16])
 
 
+@needs_torch
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),          # was: the default 40 epochs
+    ({"epochs": -2}, "epochs must be >= 1"),
+    ({"lr": 0.0}, "lr must be > 0"),                         # was: the default learning rate
+    ({"lr": -1e-3}, "lr must be > 0"),
+    ({"batch_size": -1}, "batch_size must be >= 1"),         # was: zero steps, an untrained model saved
+    ({"batch_size": 0}, "batch_size must be >= 1"),          # was: ZeroDivisionError
+    ({"full_dim": 0}, "full_dim must be >= 1"),              # was: the default 64
+    ({"val_fraction": 0.0}, "val_fraction must be in"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"epochs": 2.5}, "epochs must be an integer"),
+])
+def test_train_refuses_out_of_range_numbers_and_writes_nothing(tmp_path, options, message):
+    from mrl_deploy.errors import InputError
+    from mrl_deploy.train import train
+
+    with pytest.raises(InputError, match=message):
+        train(small_digits(per_class=10), tmp_path / "ckpt", baseline=False, **options)
+    assert not list(tmp_path.iterdir())
+
+
 # --- determinism, checkpoints, export ---------------------------------------------------------
 
 @needs_torch
@@ -222,7 +245,7 @@ def test_training_is_deterministic_with_a_seed(tmp_path):
     from mrl_deploy.train import train
 
     data = small_digits(per_class=25)
-    options = dict(epochs=3, baseline=False, full_dim=16)
+    options = dict(epochs=3, baseline=False, full_dim=16, threads=1)   # one thread: the bit-exact mode
     first = train(data, tmp_path / "a", seed=3, **options)
     second = train(data, tmp_path / "b", seed=3, **options)
     other = train(data, tmp_path / "c", seed=4, **options)
@@ -232,6 +255,65 @@ def test_training_is_deterministic_with_a_seed(tmp_path):
     assert first["accuracy"] == second["accuracy"]
     assert any(not np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
     assert other["data"]["seed"] == 4
+
+
+@needs_torch
+def test_cnn_on_hw_images_records_its_stages_and_threads(tmp_path):
+    """N x H x W images (MNIST's layout) train; the checkpoint records the CNN's stages and the
+    thread count, which defaults to every core this process may use."""
+    import os
+
+    from mrl_deploy.train import load_checkpoint, train
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = (rng.random((60, 12, 12)) * 40 + 60 * y[:, None, None]).astype(np.uint8)   # N x H x W
+    result = train(_npz(tmp_path, x, y), tmp_path / "ckpt", epochs=2, baseline=False, full_dim=16)
+    assert result["architecture"]["hyperparameters"]["stages"] == [[32], [64]]
+    assert result["training"]["threads"] == len(os.sched_getaffinity(0))
+    net, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta["input"]["shape"] == ["batch", 12, 12]
+    one = train(_npz(tmp_path, x, y), tmp_path / "one", epochs=2, baseline=False, full_dim=16, threads=1)
+    assert one["training"]["threads"] == 1
+
+
+@needs_torch
+def test_cli_deterministic_trains_on_one_thread(tmp_path):
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 2
+    path = _npz(tmp_path, rng.standard_normal((40, 6)).astype(np.float32) + y[:, None], y)
+    result = run_cli("train", path, "-o", tmp_path / "ckpt", "--epochs", 1, "--no-baseline", "--full-dim", 8,
+                     "--deterministic", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["training"]["threads"] == 1
+
+
+def _npz(tmp_path, x, y):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@needs_torch
+def test_checkpoints_without_recorded_stages_rebuild_the_former_cnn(tmp_path):
+    """Checkpoints written before the CNN's stages were recorded hold two convs at full
+    resolution (32 and 64 wide): they still load, with the same outputs."""
+    import torch
+
+    from mrl_deploy.nets import MRLNet, SmallCNN
+    from mrl_deploy.train import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    former = MRLNet(SmallCNN([1, 8, 8], 16, stages=[[32, 64]], mean=0.2, std=0.3), 16, [8, 16], 10).eval()
+    assert [tuple(former.encoder.features[i].weight.shape) for i in (0, 2)] == [(32, 1, 3, 3), (64, 32, 3, 3)]
+    meta = {"format": "mrl-deploy-checkpoint", "format_version": 1, "full_dim": 16, "nesting_dims": [8, 16],
+            "num_classes": 10, "efficient": False, "input": {"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]},
+            "architecture": {"name": "cnn", "hyperparameters": {"mean": 0.2, "std": 0.3}}}
+    save_checkpoint(former, meta, tmp_path / "old")
+    net, _ = load_checkpoint(tmp_path / "old")
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net.embed(x), former.embed(x))
 
 
 @pytest.fixture(scope="session")

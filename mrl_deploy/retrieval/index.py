@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError
+from ..errors import ArtifactError, InputError, check_number
 from ..manifest import sha256_file, staged_directory, write_json_atomic
 from .documents import DocumentStore, document_lines
 from .files import (DOCUMENTS_FILE, DOCUMENT_OFFSETS_FILE, FORMAT, INDEX_JSON, KEYS_FILE,
@@ -148,8 +148,9 @@ class AdaptiveIndex:
         memory-mapped from `output`. Without it, the store is an array in RAM until save()."""
         vectors = vectors if is_row_source(vectors) else as_matrix(vectors, "vectors")
         full = int(vectors.shape[1])
-        rerank_dim = int(rerank_dim or full)
-        shortlist_dim = int(shortlist_dim or default_shortlist_dim(rerank_dim))
+        rerank_dim = full if rerank_dim is None else int(check_number(rerank_dim, "rerank dim", 1, integer=True))
+        shortlist_dim = (default_shortlist_dim(min(rerank_dim, full)) if shortlist_dim is None
+                         else int(check_number(shortlist_dim, "shortlist dim", 1, integer=True)))
         count = len(vectors)
         if expansion_search is None:
             expansion_search = IVF_PROBES if dtype == "ivf" else DEFAULTS["expansion_search"]
@@ -276,7 +277,7 @@ class AdaptiveIndex:
                expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """search() with a funnel; k defaults to the last stage's size."""
         stages = parse_funnel(stages) if isinstance(stages, str) else list(stages)
-        k = k or (int(stages[-1][1]) if stages else 10)
+        k = (int(stages[-1][1]) if stages else 10) if k is None else k
         return self.search(queries, k, funnel=stages, expansion_search=expansion_search)
 
     def exact(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +309,9 @@ class AdaptiveIndex:
         """HNSW top-`size` rows per query; rows at or past `count` (added after the caller's
         snapshot of the store) are dropped, the rest moved to the front."""
         block = shortlist_vectors(q, self.shortlist_dim, self.dtype)
-        ef = int(expansion_search or self.defaults.get("expansion_search") or DEFAULTS["expansion_search"])
+        check_number(expansion_search, "expansion_search", 1, integer=True, optional=True)
+        ef = int(self.defaults.get("expansion_search", DEFAULTS["expansion_search"]) if expansion_search is None
+                 else expansion_search)
         with self._lock:
             self._shortlist.expansion_search = ef
             matches = self._shortlist.search(block, size, threads=0)
@@ -324,7 +327,8 @@ class AdaptiveIndex:
                 counts = valid.sum(axis=1)
         rows = np.where(valid, keys.astype(np.int64), -1)
         scale = 2.0 / self.shortlist_dim if self.dtype == "b1" else 1.0   # hamming -> agreement in [-1, 1]
-        scores = np.where(valid, 1.0 - scale * distances, np.nan).astype(np.float32)
+        # padded slots hold garbage distances (NaN / inf): never compute with them
+        scores = np.where(valid, 1.0 - scale * np.where(valid, distances, 0.0), np.nan).astype(np.float32)
         return rows, scores, counts
 
     # --- saving and loading -----------------------------------------------------------------------
@@ -474,10 +478,10 @@ def _settings(full: int, shortlist_dim: int, rerank_dim: int, dtype: str, rerank
         raise InputError(f"shortlist dim {shortlist_dim} must be between 1 and the rerank dim {rerank_dim}")
     if dtype == "b1" and shortlist_dim % 8:
         raise InputError(f"a binary (b1) shortlist needs a shortlist dim divisible by 8, got {shortlist_dim}")
-    for name, value in (("connectivity", connectivity), ("expansion_add", expansion_add),
-                        ("expansion_search", expansion_search), ("shortlist_size", shortlist_size), ("lists", lists)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    check_number(connectivity, "connectivity", 2, integer=True)   # HNSW needs at least 2 edges per node
+    for name, value in (("expansion_add", expansion_add), ("expansion_search", expansion_search),
+                        ("shortlist_size", shortlist_size), ("lists", lists)):
+        check_number(value, name, 1, integer=True)
     from ..version import __version__
 
     # version 1 readers know HNSW shortlists only: an "ivf" index says so with version 2

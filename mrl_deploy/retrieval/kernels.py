@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import require
+from ..errors import check_number, require
 from .vectors import prefix
 
 
@@ -44,7 +44,8 @@ def exact_search(corpus: np.ndarray, queries: np.ndarray, k: int, *, dim: int | 
     """Brute-force cosine top-k at `dim` (default: all columns) with numpy BLAS: corpus chunks
     (any dtype, memory-mapped is fine) are cast once and multiplied with every query block; a
     running top-k is merged with argpartition. Returns (rows int64 Q x k, scores float32 Q x k)."""
-    dim = dim or corpus.shape[1]
+    dim = corpus.shape[1] if dim is None else check_number(dim, "dim", 1, corpus.shape[1], integer=True)
+    check_number(k, "k", 1, integer=True)
     q = prefix(queries, dim)
     k = min(k, len(corpus))
     best_rows = np.full((len(q), k), -1, dtype=np.int64)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from .vectors import as_matrix, check_finite, check_nonzero
 
 Funnel = Sequence[tuple[int, int]]
@@ -37,8 +37,7 @@ def check_queries(settings: dict[str, Any], queries: Any, k: int, count: int) ->
         raise InputError(f"queries have {q.shape[1]} dims; this index takes {expected}")
     check_finite(q, "query")
     check_nonzero(q, int(settings["shortlist_dim"]), "query")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
+    check_number(k, "k", 1, integer=True)
     if k > count:
         raise InputError(f"k={k} is larger than the corpus ({count} vectors)")
     return np.asarray(q, dtype=np.float32)
@@ -52,7 +51,8 @@ def plan_stages(settings: dict[str, Any], k: int, count: int, *, shortlist_size:
         raise InputError("give a shortlist size or a funnel, not both")
     shortlist_dim, rerank_dim = int(settings["shortlist_dim"]), int(settings["rerank_dim"])
     if funnel is None:
-        size = int(shortlist_size or settings["defaults"]["shortlist_size"])
+        check_number(shortlist_size, "shortlist_size", 1, integer=True, optional=True)
+        size = int(settings["defaults"]["shortlist_size"] if shortlist_size is None else shortlist_size)
         if size < k:
             raise InputError(f"shortlist size {size} is smaller than k={k}")
         funnel = [(shortlist_dim, size), (rerank_dim, k)]

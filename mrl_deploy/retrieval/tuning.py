@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from .index import AdaptiveIndex
 from .stages import check_queries
 
@@ -26,15 +26,28 @@ def tune(index: AdaptiveIndex, queries: Any, *, k: int = 10, recall: float = 0.9
     frontier (recall up, QPS up, bytes down) and the fastest point meeting `recall`."""
     from ..metrics import recall_at_k
 
+    check_number(recall, "recall", 0, 1, low_open=True)
+    check_number(repeats, "repeats", 1, integer=True)
     q = check_queries(index.settings, queries, k, len(index))
+    dims = _neighbour_dims(index.shortlist_dim, index.rerank_dim) if dims is None else list(dims)
+    dtypes = [index.dtype] if dtypes is None else list(dtypes)
+    sizes = [5 * k, 10 * k, 20 * k, 40 * k] if shortlist_sizes is None else list(shortlist_sizes)
+    expansions = [64, 128, 256, 512] if expansions is None else list(expansions)
+    probes = list(probes)
+    for name, values, low, high in (("shortlist dim", dims, 1, index.rerank_dim), ("shortlist size", sizes, k, None),
+                                    ("expansion", expansions, 1, None), ("probe", probes, 1, None)):
+        if not values:
+            raise InputError(f"no {name}s to sweep")
+        for value in values:
+            check_number(value, name, low, high, integer=True)
+    if not dtypes:
+        raise InputError("no dtypes to sweep")
     say(f"exact search at {index.rerank_dim} dims for the ground truth ({len(q)} queries)")
     begun = time.perf_counter()
     truth, _ = index.exact(q, k)
     exact_qps = len(q) / (time.perf_counter() - begun)
-    dims = sorted(set(dims or _neighbour_dims(index.shortlist_dim, index.rerank_dim)))
-    dtypes = list(dict.fromkeys(dtypes or [index.dtype]))
-    sizes = sorted({min(s, len(index)) for s in (shortlist_sizes or [5 * k, 10 * k, 20 * k, 40 * k]) if s >= k} or {k})
-    expansions = sorted(set(expansions or [64, 128, 256, 512]))
+    dims, dtypes, expansions = sorted(set(dims)), list(dict.fromkeys(dtypes)), sorted(set(expansions))
+    sizes = sorted({min(s, len(index)) for s in sizes})
     points, built = [], {}
     for dim in dims:
         for dtype in dtypes:
@@ -69,7 +82,7 @@ def _shortlist_for(index: AdaptiveIndex, dim: int, dtype: str, say) -> AdaptiveI
 
 def _timed_search(index: AdaptiveIndex, q: np.ndarray, k: int, size: int, ef: int, repeats: int):
     best, ids = float("inf"), None
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         begun = time.perf_counter()
         ids, _ = index.search(q, k, shortlist_size=size, expansion_search=ef)
         best = min(best, time.perf_counter() - begun)
