@@ -125,10 +125,11 @@ class SliceRows:
         return np.concatenate(parts) if parts else np.empty((0, self.shape[1]), dtype=self.dtype)
 
 
-def _gather(part: Any) -> Any:
-    """A shard's vectors or keys: an array, or its Slices (vectors read lazily, keys in RAM)."""
+def _gather(part: Any, *, lazy: bool) -> Any:
+    """A shard's vectors (`lazy`: Slices read on demand) or keys (read into RAM): an array, or its
+    Slices."""
     if isinstance(part, list) and part and isinstance(part[0], Slice):
-        return SliceRows(part) if part[0].field is None else np.concatenate([s.read() for s in part])
+        return SliceRows(part) if lazy and part[0].field is None else np.concatenate([s.read() for s in part])
     return np.asarray(part)
 
 
@@ -139,7 +140,7 @@ def shard_name(number: int) -> str:
 def build_shard(spec: ShardSpec, directory: str) -> dict[str, Any]:
     """Build one shard and save it to `directory`/shard-NNNN; returns its manifest entry. Runs here
     or as a Ray task (it reads its own rows)."""
-    vectors, keys = _gather(spec.vectors), _gather(spec.keys)
+    vectors, keys = _gather(spec.vectors, lazy=True), _gather(spec.keys, lazy=False)
     name = shard_name(spec.number)
     # straight into its directory: the rerank store is streamed to its file, never held in RAM
     index = AdaptiveIndex.build(vectors, keys=keys, texts=spec.texts, metadata=spec.metadata,

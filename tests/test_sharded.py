@@ -112,6 +112,24 @@ def test_global_keys_and_documents_through_shards(data, tmp_path):
     assert index.documents([[-1, 12345]]) == [[None, None]]
 
 
+def test_vectors_and_keys_as_slices_of_npy_files(data, tmp_path):
+    """A corpus and its ids in .npy files, handed over as Slices (what a Ray task reads): the
+    vectors are read lazily, the 1-D keys whole, and the search returns those keys."""
+    from mrl_deploy.sharded import Slice
+
+    corpus = data["corpus"][:600]
+    keys = (7 + 5 * np.arange(600)).astype(np.int64)
+    np.save(tmp_path / "corpus.npy", corpus)
+    np.save(tmp_path / "ids.npy", keys)
+    vectors = [Slice(str(tmp_path / "corpus.npy"), 0, 250), Slice(str(tmp_path / "corpus.npy"), 250, 600)]
+    ids = [Slice(str(tmp_path / "ids.npy"), 0, 250), Slice(str(tmp_path / "ids.npy"), 250, 600)]
+    ShardedIndex.build(vectors, tmp_path / "s.index", shards=3, keys=ids, **SETTINGS)
+    index = ShardedIndex.load(tmp_path / "s.index")
+    found, _ = index.search(data["queries"][:20], 5, shortlist_size=100, expansion_search=100)
+    truth_rows = numpy_top_k(corpus, data["queries"][:20], 5)[0]
+    assert recall_at_k(found, keys[truth_rows]) >= 0.95
+
+
 def test_save_load_and_damage(data, sharded, tmp_path):
     again = ShardedIndex.load(sharded.path)
     a, sa = sharded.search(data["queries"][:30], K)
