@@ -28,15 +28,11 @@ console = Console(stderr=True)   # progress and tables for people
 stdout = Console()               # --json and machine-readable output only
 
 
-def emit_json(data: object, path: Optional[Path] = None) -> None:
-    """--json: print to stdout (or write to a file)."""
-    from .manifest import _json_default
+def emit_json(data: object) -> None:
+    """--json: print to stdout."""
+    from .manifest import json_default
 
-    text = json.dumps(data, indent=2, default=_json_default)
-    if path is not None:
-        path.write_text(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 def number(default, *names: str, low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False,
@@ -227,6 +223,7 @@ def embed(
     import numpy as np
 
     from .artifact import Artifact, load_inputs
+    from .manifest import atomic_path
     from .runtimes import resolve_runtime
 
     if ray:
@@ -251,9 +248,8 @@ def embed(
     vectors = artifact.encode(data, dim=dim, runtime=runtime, variant=variant, batch_size=batch_size, threads=threads)
     seconds = time.perf_counter() - started
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(output)
+    with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, vectors)
     info = {"output": str(output), "shape": list(vectors.shape), "dim": int(vectors.shape[1]), "runtime": runtime,
             "device": artifact.runtime(runtime, variant, threads).device, "seconds": seconds,
             "items_per_second": len(vectors) / seconds if seconds else None}
@@ -525,27 +521,20 @@ def classify(
 
 
 def _write_predictions(path: Path, result, labels, names) -> None:
-    """One JSON object per line, written to a temp file and renamed (no half-written file)."""
-    import os
-    import tempfile
+    """One JSON object per line, written atomically (no half-written file)."""
+    from .manifest import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for i in range(len(result.predictions)):
-                record = {"index": i, "prediction": int(result.predictions[i])}
-                if names:
-                    record["class"] = names[int(result.predictions[i])]
-                if labels is not None:
-                    record["label"] = int(labels[i])
-                record.update(stop_dim=int(result.stop_dims[i]), honest_dims=int(result.honest_dims[i]),
-                              confidence=round(float(result.confidences[i]), 6))
-                handle.write(json.dumps(record) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        for i in range(len(result.predictions)):
+            record = {"index": i, "prediction": int(result.predictions[i])}
+            if names:
+                record["class"] = names[int(result.predictions[i])]
+            if labels is not None:
+                record["label"] = int(labels[i])
+            record.update(stop_dim=int(result.stop_dims[i]), honest_dims=int(result.honest_dims[i]),
+                          confidence=round(float(result.confidences[i]), 6))
+            handle.write(json.dumps(record) + "\n")
 
 
 def _print_classify_report(report: dict) -> None:
@@ -800,10 +789,11 @@ def search(
     if index.has_documents:
         result["documents"] = index.documents(ids)
     if output is not None:
+        from .manifest import atomic_path
+
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp.npz")
-        np.savez(tmp, ids=ids, scores=scores, seconds=seconds)
-        tmp.replace(output)
+        with atomic_path(output) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, ids=ids, scores=scores, seconds=seconds)
     if json_out:
         emit_json(result)
         return

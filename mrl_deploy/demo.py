@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InputError, MRLDeployError, check_number
+from .manifest import atomic_path, write_json_atomic
 
 DEFAULT_WORKDIR = Path("artifacts/demo")
 K = 10                      # recall@10 and mAP@10
@@ -79,7 +79,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
         "seconds": {**timings, "total": round(time.perf_counter() - started, 2)},
     }
     report["plot"] = str(plot_demo(report, workdir / "demo.png", machine_name(machine)))
-    (workdir / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json_atomic(workdir / "demo.json", report)
     report["json"] = str(workdir / "demo.json")
     artifact.close()
     return report
@@ -346,7 +346,8 @@ def plot_demo(report: dict[str, Any], path: Path, machine: str) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"mrl-deploy demo: MRL on digits - {machine}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -283,10 +283,11 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"{Path(report['artifact']['path']).name}: {machine_name(report['machine'])}, "
                  f"threads {report['settings'].get('threads') or 'default'}", fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from .manifest import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

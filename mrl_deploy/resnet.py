@@ -379,7 +379,10 @@ def make_random_checkpoint(path: str | Path, efficient: bool = False, blurpool: 
     state = model.state_dict()
     if module_prefix:
         state = {f"module.{k}": v for k, v in state.items()}
+    from .manifest import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path

@@ -38,8 +38,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -357,17 +355,13 @@ def _read_store(path: Path) -> dict[bytes, np.ndarray]:
 
 
 def _write_store(path: Path, known: dict[bytes, np.ndarray]) -> None:
+    from .manifest import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        # raw digests as uint8 rows: numpy "S" strings would drop trailing zero bytes
-        keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(len(known), 32)
-        np.savez(tmp, keys=keys, vectors=np.stack(list(known.values())).astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # raw digests as uint8 rows: numpy "S" strings would drop trailing zero bytes
+    keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(len(known), 32)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, keys=keys, vectors=np.stack(list(known.values())).astype(np.float32))
 
 
 # --- train: data -> checkpoint -----------------------------------------------------------------
@@ -515,33 +509,20 @@ def _preprocessing(dataset: Dataset, hyper: dict, text: bool, max_seq_length: in
 # --- the checkpoint ---------------------------------------------------------------------------------
 
 def save_checkpoint(net, meta: dict[str, Any], output: str | Path) -> Path:
-    """Write mrl_model.json + model.safetensors into `output` atomically (temp dir + rename); an
-    existing checkpoint there is replaced, any other non-empty directory is refused."""
+    """Write mrl_model.json + model.safetensors into `output` atomically (manifest.staged_directory:
+    an existing checkpoint there is replaced only once the new one is complete, and restored if
+    that fails); any other non-empty directory is refused."""
     from safetensors.torch import save_file
 
-    from .manifest import write_json_atomic
+    from .manifest import staged_directory, write_json_atomic
 
     target = Path(output).resolve()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_trained_checkpoint(target))):
+    if target.is_dir() and any(target.iterdir()) and not is_trained_checkpoint(target):
         raise DataError(f"{target} exists and is not an mrl-deploy checkpoint: refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    staging.chmod(0o755)
-    try:
+    with staged_directory(target, marker=CHECKPOINT_JSON, what="an mrl-deploy checkpoint", error=DataError) as staging:
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
         write_json_atomic(staging / CHECKPOINT_JSON, meta)
-        if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            backup.rmdir()
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

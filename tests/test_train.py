@@ -416,6 +416,32 @@ def test_existing_non_checkpoint_directory_is_not_overwritten(tmp_path):
     assert (target / "notes.txt").read_text() == "keep me"
 
 
+@needs_torch
+def test_replacing_a_checkpoint_that_fails_keeps_the_old_one(tmp_path, monkeypatch):
+    """The new checkpoint replaces the old only once complete; if the final rename fails, the old
+    one is back in place and nothing else is left behind (manifest.staged_directory)."""
+    from mrl_deploy import manifest
+    from mrl_deploy.nets import build_net
+    from mrl_deploy.train import read_checkpoint, save_checkpoint
+
+    net = build_net({"name": "mlp", "hyperparameters": {"mean": 0.0, "std": 1.0}}, [6], 8, [4, 8], 3, False)
+    meta = {"format": "mrl-deploy-checkpoint", "format_version": 1, "round": 1}
+    target = save_checkpoint(net, meta, tmp_path / "ckpt")
+    real_replace = manifest.os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(manifest.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(net, dict(meta, round=2), target)
+    monkeypatch.undo()
+    assert read_checkpoint(target)["round"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
 # --- text adapter -----------------------------------------------------------------------------
 
 @needs_torch
