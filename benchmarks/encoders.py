@@ -493,7 +493,7 @@ class PeerWorker:
 def texts_of_length(artifact, seq_len, count):
     """`count` different texts of exactly `seq_len` tokens each ([CLS] and [SEP] included), so
     a batch has no padding: words of the sample texts, each added if the text stays that short."""
-    from mrl_deploy.sources import SAMPLE_TEXTS
+    from mrl_deploy.feeds import SAMPLE_TEXTS
 
     limit = int(artifact.manifest["preprocessing"]["max_seq_length"])
     if not 3 <= seq_len <= limit:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .. import __version__
+from ..comparison import TOLERANCE, check_output, compare_arrays
 from ..dims import check_dims, format_nesting_dims
 from ..errors import DimsError, SourceError, VerificationError, check_number, require
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
@@ -28,12 +29,6 @@ from ..sources import SourceModel, load_source, source_sha256
 
 DEFAULT_OPSET = 20
 PRECISIONS = ("fp32", "fp16", "int8")
-# fp32 must match PyTorch to these; fp16 and int8 are edge variants with looser bounds.
-TOLERANCE = {
-    "fp32": {"min_cosine": 0.99999, "max_abs_diff": 1e-4},
-    "fp16": {"min_cosine": 0.999},
-    "int8": {"min_cosine": 0.99, "top1_agreement": 0.99},
-}
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 VERIFY_BATCH = 4
 SAMPLE_ROWS = 64   # rows of --sample in each part (calibration, held-out) of the verification inputs
@@ -411,22 +406,6 @@ def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[st
     return precision_mod.make_int8(fp32_path, path, sample=feeds) or {}
 
 
-def compare_outputs(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
-    """max / mean abs diff and the minimum row-wise cosine between two batches of outputs."""
-    actual = np.asarray(actual, dtype=np.float64).reshape(len(actual), -1)
-    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
-    diff = np.abs(actual - expected)
-    dot = np.sum(actual * expected, axis=1)
-    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0)
-    return {
-        "max_abs_diff": float(diff.max(initial=0.0)),
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "min_cosine": float(cosine.min(initial=1.0)),
-        "max_abs_reference": float(np.abs(expected).max(initial=0.0)),
-    }
-
-
 def verify_variant(path: Path, variant: str, feeds, references, outputs, enforce: bool = True) -> dict[str, dict[str, float]]:
     """Run the ONNX file with ORT CPU on every feed and compare each output with PyTorch;
     VerificationError past the variant's bounds (unless enforce=False: measure only)."""
@@ -440,31 +419,15 @@ def verify_variant(path: Path, variant: str, feeds, references, outputs, enforce
         name = output["name"]
         got = np.concatenate([a[name] for a in actual]).astype(np.float32)
         want = np.concatenate([r[name] for r in references])
-        stats = compare_outputs(got, want)
-        if output["kind"] == "logits":
-            stats["top1_agreement"] = float(np.mean(got.argmax(1) == want.argmax(1)))
-        report[name] = stats
+        report[name] = compare_arrays(got, want, kind=output["kind"])
     if enforce:
-        _enforce(variant, report, path)
+        # fp32 and fp16 against PyTorch with their bounds; int8 also with top-1 agreement
+        failures = [f for output in outputs
+                    for f in check_output(output["name"], output["kind"], report[output["name"]], TOLERANCE[variant])]
+        if failures:
+            where = " on held-out inputs (calibration never saw them)" if variant == "int8" else ""
+            raise VerificationError(f"{variant} graph does not match PyTorch{where}: {'; '.join(failures[:3])}")
     return report
-
-
-def _enforce(variant: str, report: dict[str, dict[str, float]], path: Path) -> None:
-    bounds = TOLERANCE[variant]
-    failures = []
-    for name, stats in report.items():
-        if stats["min_cosine"] < bounds["min_cosine"]:
-            failures.append(f"{name} min cosine {stats['min_cosine']:.6f} < {bounds['min_cosine']}")
-        if "max_abs_diff" in bounds:
-            # logits are not normalised: the bound scales with their magnitude
-            scale = 1.0 if name.startswith("embedding_") else max(1.0, stats["max_abs_reference"])
-            if stats["max_abs_diff"] > bounds["max_abs_diff"] * scale:
-                failures.append(f"{name} max abs diff {stats['max_abs_diff']:.2e} > {bounds['max_abs_diff'] * scale:.1e}")
-        if "top1_agreement" in bounds and "top1_agreement" in stats and stats["top1_agreement"] < bounds["top1_agreement"]:
-            failures.append(f"{name} top-1 agreement {stats['top1_agreement']:.3f} < {bounds['top1_agreement']}")
-    if failures:
-        where = " on held-out inputs (calibration never saw them)" if variant == "int8" else ""
-        raise VerificationError(f"{variant} graph does not match PyTorch{where}: {'; '.join(failures[:3])}")
 
 
 def _summary(report: dict[str, dict[str, float]]) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError
-from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_json_atomic
+from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_bytes_atomic, write_json_atomic
 from ..runtimes.tensorrt import (
     ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, gpu_from_torch, parse_version,
     require_cuda_torch, require_tensorrt,
@@ -206,7 +206,7 @@ def build_engine(artifact_dir: str | os.PathLike, manifest: dict[str, Any], prec
     }
     # The engine is verified under a temporary name and moved into place only if it passes:
     # a failed build or verification leaves the artifact as it was.
-    staged = _write_atomic(directory / f".{settings['file']}.staged", plan_bytes)
+    staged = write_bytes_atomic(directory / f".{settings['file']}.staged", plan_bytes)
     try:
         say(f"built in {entry['build_seconds']:.1f} s; verifying against ONNX Runtime CPU")
         entry["verification"], entry["device_memory_bytes"] = verify_engine(
@@ -214,7 +214,7 @@ def build_engine(artifact_dir: str | os.PathLike, manifest: dict[str, Any], prec
         os.replace(staged, directory / settings["file"])
     finally:
         staged.unlink(missing_ok=True)
-    _write_atomic(directory / TIMING_CACHE_FILE, cache_bytes)
+    write_bytes_atomic(directory / TIMING_CACHE_FILE, cache_bytes)
     return entry
 
 
@@ -255,11 +255,12 @@ def verify_engine(directory: Path, manifest: dict[str, Any], precision: str,
     the device memory an execution context of the engine needs (device_memory_size_v2)."""
     from ..artifact import Artifact
     from ..runtimes import create_runtime
-    from ..runtimes.compare import check_output, compare_arrays, random_feed, tolerance_for
+    from ..comparison import check_output, compare_arrays, tolerance_for
+    from ..feeds import artifact_feed
 
     staged = dict(manifest, models={**manifest["models"], ENGINE_KEYS[precision]: entry})
     artifact = Artifact(directory, staged)
-    feed = random_feed(artifact, batch=min(VERIFY_BATCH, entry["max_batch"]), seed=0)
+    feed = artifact_feed(artifact, batch=min(VERIFY_BATCH, entry["max_batch"]), seed=0)
     with create_runtime("ort-cpu", artifact, variant="fp32") as reference:
         expected = reference.infer(feed)
     with create_runtime("tensorrt", artifact, variant=precision) as engine:
@@ -304,21 +305,6 @@ def rebuild_engine(artifact: Any, variant: str = "fp32", progress: Callable[[str
 
 def _read(path: Path) -> bytes:
     return path.read_bytes() if path.is_file() else b""
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 __all__ = [

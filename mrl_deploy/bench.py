@@ -23,11 +23,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .comparison import row_cosines
 from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number
+from .feeds import SAMPLE_TEXTS, artifact_feed
 from .flops import FLOPS_UNIT, retrieval_flops
 
 SCHEMA = "mrl-deploy-bench/1"
-ORT_VARIANTS = ("fp32", "fp16", "int8")          # the model files ONNX Runtime can run
 DEFAULT_RUNTIMES = "ort-cpu,torch"
 DEFAULT_BATCHES = (1, 8, 64)
 RECALL_K = 10
@@ -298,35 +299,6 @@ def check_bench_dims(manifest: dict[str, Any], dims: Iterable[int] | None) -> li
 
 # --- runtimes --------------------------------------------------------------------------------
 
-def parse_runtime_specs(spec: str | Sequence[str] | None, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """'ort-cpu,torch' -> [(ort-cpu, fp32), (ort-cpu, fp16), (ort-cpu, int8), (torch, fp32)]:
-    an ONNX Runtime name alone means every ORT variant the artifact has (side by side);
-    'ort-cpu:int8' picks one. torch runs the fp32 PyTorch reference."""
-    from .runtimes import RUNTIMES
-
-    items = spec.split(",") if isinstance(spec, str) else list(spec or DEFAULT_RUNTIMES.split(","))
-    models = manifest.get("models", {})
-    pairs: list[tuple[str, str]] = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        name, _, variant = item.partition(":")
-        if name not in RUNTIMES:
-            raise InputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
-        if variant:
-            if variant not in models:
-                raise InputError(f"{item}: the artifact has no {variant} model (it has {', '.join(models)})")
-            variants = [variant]
-        elif name.startswith("ort"):
-            variants = [v for v in ORT_VARIANTS if v in models]
-        else:
-            variants = ["fp32"]
-        pairs.extend((name, v) for v in variants if (name, v) not in pairs)
-    if not pairs:
-        raise InputError("no runtimes given: use e.g. --runtime ort-cpu,torch")
-    return pairs
-
-
 def parse_batches(value: str | Sequence[int] | None) -> list[int]:
     if value is None:
         return list(DEFAULT_BATCHES)
@@ -347,8 +319,6 @@ def bench_feed(artifact: Any, batch: int, *, seq_len: int = 128, inputs: Any = N
     if inputs is not None:
         return _cycle_rows(artifact, inputs, batch)
     if artifact.is_text:
-        from .sources import SAMPLE_TEXTS
-
         max_len = int(artifact.manifest["preprocessing"].get("max_seq_length", seq_len))
         length = max(2, min(seq_len, max_len))
         text = " ".join(SAMPLE_TEXTS * (1 + length // 8))
@@ -360,17 +330,7 @@ def bench_feed(artifact: Any, batch: int, *, seq_len: int = 128, inputs: Any = N
         if "token_type_ids" in artifact.input_names:
             full["token_type_ids"] = np.zeros((batch, length), dtype=np.int64)
         return {name: full[name] for name in artifact.input_names}
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in artifact.manifest["inputs"]:
-        shape = [batch if axis == "batch" else axis for axis in spec["shape"]]
-        if any(isinstance(axis, str) for axis in shape):
-            raise InputError(f"input {spec['name']} has a dynamic axis besides batch: pass --inputs with real inputs")
-        if spec["dtype"].startswith("float"):
-            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-        else:
-            feed[spec["name"]] = rng.integers(0, 100, size=shape).astype(spec["dtype"])
-    return feed
+    return artifact_feed(artifact, batch, seed)
 
 
 def _cycle_rows(artifact: Any, inputs: Any, batch: int) -> dict[str, np.ndarray]:
@@ -597,7 +557,7 @@ def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *,
     for other in (v for v in variants if v != variant):
         say(f"quality: encoding {data['count']} samples ({other})")
         other_vectors, other_accuracy = _encode_and_score(artifact, data, dims, runtime, other, threads)
-        cosine = np.sum(renormalize_rows(other_vectors) * renormalize_rows(vectors), axis=1)
+        cosine = row_cosines(other_vectors, vectors)
         others[other] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
         if other_accuracy is not None:
             others[other]["accuracy"] = other_accuracy
@@ -613,12 +573,6 @@ def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *,
         quality["retrieval"] = None
         quality["retrieval_skipped"] = str(exc)
     return quality
-
-
-def renormalize_rows(vectors: np.ndarray) -> np.ndarray:
-    from .artifact import renormalize
-
-    return renormalize(vectors)
 
 
 def _encode_and_score(artifact: Any, data: dict[str, Any], dims: Sequence[int], runtime: str | None, variant: str,
@@ -652,6 +606,7 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     without a GPU) is recorded under `skipped` with the reason instead of failing the run (the CLI
     sets it only for its default runtime list; a runtime asked for by name must run)."""
     from .artifact import Artifact
+    from .runtimes import runtime_pairs
 
     say = progress or (lambda message: None)
     check_number(duration, "duration", 0, low_open=True)
@@ -663,7 +618,7 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     artifact = Artifact.load(artifact_dir)
     manifest = artifact.manifest
     chosen_dims = check_bench_dims(manifest, dims)
-    pairs = parse_runtime_specs(runtimes, manifest)
+    pairs = runtime_pairs(runtimes or DEFAULT_RUNTIMES, manifest)
     batch_sizes = parse_batches(batches)
     feeds = {b: bench_feed(artifact, b, seq_len=seq_len, inputs=inputs) for b in batch_sizes}
     first = next(iter(feeds.values()))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import SourceError, check_number
+from .feeds import random_feed, sample_texts
 
 
 @dataclass
@@ -76,22 +77,13 @@ class SourceModel:
         return [d for d in dims if d in self.head_dims]
 
     def random_inputs(self, batch: int = 4, seed: int = 0, held_out: bool = False) -> dict[str, np.ndarray]:
-        """Inputs for verification: the source's own sampler, or random values of the right shape.
-        held_out=True: from a separate stream (texts: a separate pool), so these inputs never
-        coincide with those of held_out=False (which calibrate int8)."""
+        """Inputs for verification: the source's own sampler, or random values of the right shape
+        (feeds.random_feed). held_out=True: from a separate stream (texts: a separate pool), so
+        these inputs never coincide with those of held_out=False (which calibrate int8)."""
         if self.sample_inputs is not None:
             return self.sample_inputs(batch, seed, held_out=held_out)
-        rng = np.random.default_rng([seed, 1] if held_out else seed)
-        feed = {}
-        for spec in self.inputs:
-            shape = [batch if axis == "batch" else axis for axis in spec.shape]
-            if any(isinstance(axis, str) for axis in shape):
-                raise SourceError(f"input {spec.name} has a dynamic axis besides batch: the source must give sample_inputs")
-            if spec.dtype.startswith("float"):
-                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            else:
-                feed[spec.name] = rng.integers(0, 100, size=shape).astype(spec.dtype)
-        return feed
+        return random_feed([spec.to_json() for spec in self.inputs], {"batch": batch}, [seed, 1] if held_out else seed,
+                           hint="the source must give sample_inputs")
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -298,28 +290,6 @@ def _parse_shape(value: Any) -> list[int]:
 # Models known to need a step before truncation, matched against the path and _name_or_path.
 KNOWN_PRE_TRUNCATION = {"nomic-embed-text-v1.5": "layer_norm"}
 MATRYOSHKA_KEYS = ("matryoshka_dims", "matryoshka_dimensions", "nesting_dims")
-SAMPLE_TEXTS = [
-    "Matryoshka embeddings nest coarse-to-fine information in their prefixes.",
-    "A short query.",
-    "The central bank raised interest rates by a quarter point on Thursday, citing persistent inflation "
-    "in services and a labour market that remains tighter than policymakers had expected.",
-    "Striker scores twice as the home side comes back from two goals down.",
-    "New smartphone chips promise longer battery life.",
-    "Parliament debates the budget.",
-]
-# Never shown to int8 calibration: the exporter checks int8's bounds on these (and on held-out
-# rows of --sample).
-HELD_OUT_TEXTS = [
-    "How do nested embeddings let one model serve several vector sizes?",
-    "weather tomorrow",
-    "The museum reopened its east wing after a two-year renovation that restored the original "
-    "skylights, added climate control for the manuscripts and doubled the space for visiting exhibitions.",
-    "Coach praises young defender after a clean sheet away from home.",
-    "Researchers report a cheaper catalyst for splitting water.",
-    "Shares fell sharply.",
-]
-
-
 def _st_module(st: Any):
     import torch
 
@@ -413,7 +383,7 @@ def load_sentence_transformers(path: str, nesting_dims: Any = None, pre_truncati
         options={"nesting_dims": dims, "pre_truncation": pre_truncation or "none",
                  "trust_remote_code": trust_remote_code, "max_seq_length": int(st.max_seq_length)},
     )
-    model.sample_inputs = lambda batch, seed, held_out=False: tokenize_texts(model, _sample_texts(batch, seed, held_out))
+    model.sample_inputs = lambda batch, seed, held_out=False: tokenize_texts(model, sample_texts(batch, seed, held_out))
     return model
 
 
@@ -440,13 +410,6 @@ def card_matryoshka_dims(directory: Path) -> list[int] | None:
         if isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
             found.update(dims)
     return sorted(found) or None
-
-
-def _sample_texts(batch: int, seed: int, held_out: bool = False) -> list[str]:
-    pool = HELD_OUT_TEXTS if held_out else SAMPLE_TEXTS
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pool))
-    return [pool[order[i % len(order)]] for i in range(batch)]
 
 
 def tokenize_texts(model: SourceModel, texts: list[str]) -> dict[str, np.ndarray]:

@@ -699,37 +699,27 @@ def _compare_interface(model: str, where: str, config, io: dict[str, Any]) -> No
                 raise RepositoryError(f"{model}: {where}: the graph's inputs {missing} are missing from the config")
 
 
-def _check_feed(model: str, config, vocab: int | None, rng) -> dict[str, Any]:
-    """A batch of max_batch_size rows built from the config's dims: standard-normal floats, token
-    ids within the vocabulary (an all-ones attention mask, zero token types), a short sequence
-    for every dynamic axis."""
-    import numpy as np
+def _check_feed(model: str, config, vocab: int | None, seed: int = 0) -> dict[str, Any]:
+    """A batch of max_batch_size rows built from the config's dims (feeds.random_feed): standard-
+    normal floats, token ids within the vocabulary (0 and 1 without one: valid ids of any), an
+    all-ones attention mask, zero token types, a short sequence for every dynamic axis."""
+    from .feeds import random_feed
 
-    batch = max(1, config.max_batch_size)
-    feed = {}
+    specs = []
     for name, spec in _config_tensors(config.input).items():
-        shape = ([batch] if config.max_batch_size > 0 else []) + [CHECK_SEQUENCE_LENGTH if d < 0 else d for d in spec["dims"]]
         dtype = NUMPY_TYPES.get(spec["type"])
         if dtype is None or dtype in ("string", "bfloat16"):
             raise RepositoryError(f"{model}: cannot build a check input of type {spec['type']} for {name!r}")
-        if dtype.startswith("float"):
-            feed[name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == "bool":
-            feed[name] = np.ones(shape, dtype=bool)
-        elif name == "attention_mask":
-            feed[name] = np.ones(shape, dtype=dtype)
-        elif name == "token_type_ids":
-            feed[name] = np.zeros(shape, dtype=dtype)
-        else:
-            high = vocab if vocab else (256 if dtype == "uint8" else 2)  # 0/1 are valid ids of any vocabulary
-            feed[name] = rng.integers(0, high, size=shape).astype(dtype)
-    return feed
+        dims = ["dynamic" if d < 0 else d for d in spec["dims"]]
+        specs.append({"name": name, "dtype": dtype, "shape": (["batch"] if config.max_batch_size > 0 else []) + dims})
+    return random_feed(specs, {"batch": max(1, config.max_batch_size), "dynamic": CHECK_SEQUENCE_LENGTH}, seed,
+                       int_high=vocab or 2)
 
 
 def _run_onnx(model: str, path: Path, config, vocab: int | None, session) -> dict[str, Any]:
     import numpy as np
 
-    feed = _check_feed(model, config, vocab, np.random.default_rng(0))
+    feed = _check_feed(model, config, vocab)
     declared = _config_tensors(config.output)
     started = time.perf_counter()
     try:

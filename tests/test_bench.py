@@ -15,6 +15,7 @@ from mrl_deploy.errors import InputError, RuntimeUnavailableError
 from mrl_deploy.flops import (adaptive_search_flops, exact_search_flops, funnel_search_flops, head_flops,
                               retrieval_flops)
 from mrl_deploy.report import validate
+from mrl_deploy.runtimes import runtime_pairs
 
 # --- statistics on known samples -------------------------------------------------------------
 
@@ -176,13 +177,12 @@ def test_vector_bytes_and_dim_costs():
 
 def test_runtime_specs_and_batches():
     manifest = {"models": {"fp32": {}, "int8": {}}}
-    assert bench.parse_runtime_specs("ort-cpu,torch", manifest) == [("ort-cpu", "fp32"), ("ort-cpu", "int8"),
-                                                                     ("torch", "fp32")]
-    assert bench.parse_runtime_specs("ort-cpu:int8", manifest) == [("ort-cpu", "int8")]
+    assert runtime_pairs("ort-cpu,torch", manifest) == [("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("torch", "fp32")]
+    assert runtime_pairs("ort-cpu:int8", manifest) == [("ort-cpu", "int8")]
     with pytest.raises(InputError, match="no fp16 model"):
-        bench.parse_runtime_specs("ort-cpu:fp16", manifest)
+        runtime_pairs("ort-cpu:fp16", manifest)
     with pytest.raises(InputError, match="unknown runtime"):
-        bench.parse_runtime_specs("onnx", manifest)
+        runtime_pairs("onnx", manifest)
     assert bench.parse_batches("64, 1,8") == [1, 8, 64]
     for bad in ("0", "a", ""):
         with pytest.raises(InputError):

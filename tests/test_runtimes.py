@@ -17,10 +17,10 @@ from conftest import HAS_TORCH, needs_torch
 from mrl_deploy.errors import (
     ArtifactError, InputError, MRLDeployError, RuntimeUnavailableError,
 )
-from mrl_deploy.runtimes import availability, create_runtime, default_runtime, resolve_runtime
-from mrl_deploy.runtimes.compare import (
-    check_output, compare_arrays, compare_runtimes, random_feed, runtime_pairs, tolerance_for,
-)
+from mrl_deploy.runtimes import availability, create_runtime, default_runtime, resolve_runtime, runtime_pairs
+from mrl_deploy.comparison import check_output, compare_arrays, tolerance_for
+from mrl_deploy.feeds import artifact_feed
+from mrl_deploy.runtimes.compare import compare_runtimes
 from mrl_deploy.runtimes import tensorrt as trt_runtime
 from mrl_deploy.exporters import tensorrt as trt_export
 
@@ -183,7 +183,7 @@ def test_torch_runtime_errors(artifacts, tmp_path):
 
     update_manifest(art, source={**artifacts["mrl-e"].manifest["source"], "path": str(moved)})
     with create_runtime("torch", Artifact.load(art)) as runner:  # same files elsewhere: fine
-        assert set(runner.infer(random_feed(Artifact.load(art), 2))) == {"embedding_4", "embedding_16", "logits_4", "logits_16"}
+        assert set(runner.infer(artifact_feed(Artifact.load(art), 2))) == {"embedding_4", "embedding_16", "logits_4", "logits_16"}
     with open(moved / "mrl_model.json", "a") as handle:
         handle.write(" ")
     with pytest.raises(ArtifactError, match="changed since"):
@@ -194,7 +194,7 @@ def test_torch_runtime_errors(artifacts, tmp_path):
 def test_io_binding_matches_session_run(artifacts):
     """The IO-binding path (used on CUDA) gives what session.run gives; exercised here on CPU."""
     artifact = artifacts["mlp-heads"]
-    feed = random_feed(artifact, 7, seed=3)
+    feed = artifact_feed(artifact, 7, seed=3)
     with create_runtime("ort-cpu", artifact) as plain, create_runtime("ort-cpu", artifact, io_binding=True) as bound:
         assert bound.binding_device == "cpu" and plain.binding_device is None
         a, b = plain.infer(feed), bound.infer(feed)
