@@ -68,7 +68,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
     console.print(classification_table(classification, artifact))
     console.print(retrieval_table(retrieval))
 
-    from .bench import machine_info, machine_name
+    from .machine import machine_info, machine_name
 
     machine = machine_info()
     report = {
