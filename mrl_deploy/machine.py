@@ -85,19 +85,45 @@ def _meminfo_total() -> int | None:
     return None
 
 
-def _gpus() -> list[dict[str, Any]]:
-    if shutil.which("nvidia-smi"):
+NVIDIA_SMI_FIELDS = ("name", "memory.total", "driver_version", "compute_cap")
+
+
+def nvidia_smi_gpus() -> list[dict[str, Any]]:
+    """The GPUs nvidia-smi lists, in its order: {name, memory_bytes, driver, compute_capability}
+    ("8.0"); empty where there is no nvidia-smi or it fails. No CUDA library is loaded: the one
+    place that asks nvidia-smi (machine_info, and the runtimes' check of an engine's GPU)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    for fields in (NVIDIA_SMI_FIELDS, NVIDIA_SMI_FIELDS[:3]):   # drivers before 510 know no compute_cap
         try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10, check=True).stdout
-            gpus = []
-            for line in out.strip().splitlines():
-                name, memory, driver = [part.strip() for part in line.split(",")]
-                gpus.append({"name": name, "memory_bytes": int(float(memory)) * 2**20, "driver": driver})
-            return gpus
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+            out = subprocess.run([smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout
+            break
+        except subprocess.CalledProcessError:
+            continue
+        except (OSError, subprocess.SubprocessError):
+            return []
+    else:
+        return []
+    gpus = []
+    for line in out.splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) != len(fields):
+            continue
+        name, memory, driver, capability = parts + [None] * (len(NVIDIA_SMI_FIELDS) - len(parts))
+        try:
+            memory_bytes = int(float(memory)) * 2**20
+        except ValueError:
+            memory_bytes = None
+        gpus.append({"name": name, "memory_bytes": memory_bytes, "driver": driver, "compute_capability": capability})
+    return gpus
+
+
+def _gpus() -> list[dict[str, Any]]:
+    gpus = nvidia_smi_gpus()
+    if gpus:
+        return gpus
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         return [{"name": torch.cuda.get_device_name(i),

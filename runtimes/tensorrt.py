@@ -13,8 +13,6 @@ are imported only when the runtime activates; a missing one, or a missing GPU, i
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import warnings
 from typing import Any
 
@@ -132,19 +130,14 @@ def engine_mismatch(entry: dict[str, Any], version: str, gpu: dict[str, Any] | N
 
 
 def gpu_from_nvidia_smi(index: int = 0) -> dict[str, str] | None:
-    """{name, compute_capability} of GPU `index` from nvidia-smi (no CUDA library loaded), or None."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
+    """{name, compute_capability} of GPU `index` as nvidia-smi lists it (machine.nvidia_smi_gpus:
+    no CUDA library loaded), or None."""
+    from ..machine import nvidia_smi_gpus
+
+    gpus = nvidia_smi_gpus()
+    if index >= len(gpus):
         return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[part.strip() for part in line.split(",")] for line in out.splitlines() if line.strip()]
-    if index >= len(rows) or len(rows[index]) < 2:
-        return None
-    return {"name": rows[index][0], "compute_capability": rows[index][1]}
+    return {"name": gpus[index]["name"], "compute_capability": gpus[index]["compute_capability"]}
 
 
 def gpu_from_torch(torch, index: int = 0) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,36 @@ def test_machine_info_does_not_import_torch():
     code = "import sys; from mrl_deploy.bench import machine_info; machine_info(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+case "$1" in
+  *compute_cap*) [ -n "$OLD_DRIVER" ] && exit 6
+                 printf 'NVIDIA H200, 143771, 570.124.06, 9.0\\nNVIDIA A10G, 22731, 570.124.06, 8.6\\n' ;;
+  *) printf 'NVIDIA H200, 143771, 470.57.02\\n' ;;
+esac
+"""
+
+
+def test_one_nvidia_smi_query_serves_machine_info_and_the_engine_check(tmp_path, monkeypatch):
+    """machine.nvidia_smi_gpus parses nvidia-smi's CSV (a stand-in script here: no GPU on this
+    machine); machine_info and runtimes.tensorrt.gpu_from_nvidia_smi read the same list."""
+    from mrl_deploy.machine import nvidia_smi_gpus
+    from mrl_deploy.runtimes.tensorrt import gpu_from_nvidia_smi
+
+    script = tmp_path / "nvidia-smi"
+    script.write_text(FAKE_NVIDIA_SMI)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    h200 = {"name": "NVIDIA H200", "memory_bytes": 143771 * 2**20, "driver": "570.124.06", "compute_capability": "9.0"}
+    assert nvidia_smi_gpus() == [h200, {"name": "NVIDIA A10G", "memory_bytes": 22731 * 2**20,
+                                        "driver": "570.124.06", "compute_capability": "8.6"}]
+    assert bench.machine_info()["gpus"][0] == h200
+    assert gpu_from_nvidia_smi(1) == {"name": "NVIDIA A10G", "compute_capability": "8.6"}
+    assert gpu_from_nvidia_smi(2) is None
+    monkeypatch.setenv("OLD_DRIVER", "1")   # a driver that knows no compute_cap field
+    assert nvidia_smi_gpus() == [{"name": "NVIDIA H200", "memory_bytes": 143771 * 2**20, "driver": "470.57.02",
+                                  "compute_capability": None}]
 
 
 # --- FLOPs formulas against FlopCounterMode --------------------------------------------------
