@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
-from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError
+from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError, check_number
 from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_bytes_atomic, write_json_atomic
 from ..runtimes.tensorrt import (
     ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, gpu_from_torch, parse_version,
@@ -86,8 +85,7 @@ def profile_shapes(inputs: list[dict[str, Any]], max_batch: int, *, opt_batch: i
     """Optimization profile per input: batch 1..max_batch (opt: `opt_batch`, default max_batch,
     where throughput matters), a "sequence" axis 1..max_seq_length (opt: 128 tokens, capped),
     fixed axes as they are. Axis names come from the manifest's input shapes."""
-    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-        raise InputError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    check_number(max_batch, "--max-batch", 1, integer=True)
     opt_batch = max_batch if opt_batch is None else opt_batch
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"the profile's opt batch {opt_batch} must be within 1..{max_batch}")
@@ -112,8 +110,7 @@ def profile_shapes(inputs: list[dict[str, Any]], max_batch: int, *, opt_batch: i
 def engine_settings(manifest: dict[str, Any], precision: str, max_batch: int, workspace_gb: float,
                     version: str, opt_batch: int | None = None) -> dict[str, Any]:
     """Everything a build of this artifact needs, decided before TensorRT is touched."""
-    if workspace_gb is None or workspace_gb <= 0:
-        raise InputError(f"the workspace limit must be positive, got {workspace_gb!r} GB")
+    check_number(workspace_gb, "the workspace limit (GB)", 0, low_open=True)
     plan = build_plan(version, precision)
     max_len = (manifest.get("preprocessing") or {}).get("max_seq_length")
     plan.update(

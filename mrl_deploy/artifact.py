@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, MRLDeployError, require
+from .errors import ArtifactError, InputError, MRLDeployError, check_number, require
 from .manifest import read_manifest, verify_files
 from .tokenization import encode, load_tokenizer, overflowing
 
@@ -154,8 +154,7 @@ class Artifact:
         exported = self.exported_dims
         if dim is None:
             return max(exported)
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InputError(f"dim must be a positive integer, got {dim!r}")
+        check_number(dim, "dim", 1, integer=True)
         candidates = [d for d in exported if d >= dim]
         if not candidates:
             raise InputError(f"dim {dim} is above the largest exported dim {max(exported)} of {self.path}")
@@ -164,8 +163,7 @@ class Artifact:
     # --- inputs -------------------------------------------------------------------------------
     def batches(self, inputs: Any, batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
         """Split inputs into feeds of at most `batch_size` rows, tokenizing text."""
-        if batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        check_number(batch_size, "batch_size", 1, integer=True)
         if self.is_text:
             texts = self._texts(inputs)
             for start in range(0, len(texts), batch_size):

@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .comparison import row_cosines
-from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number
+from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number, parse_integers
 from .feeds import SAMPLE_TEXTS, artifact_feed
 from .flops import FLOPS_UNIT, retrieval_flops
-from .machine import machine_info, machine_name  # noqa: F401  (also read as bench.machine_info)
+from .machine import machine_info, machine_name  # noqa: F401  (bench.machine_name: read here by the benchmarks)
 
 SCHEMA = "mrl-deploy-bench/1"
 DEFAULT_RUNTIMES = "ort-cpu,torch"
@@ -200,15 +200,12 @@ def check_bench_dims(manifest: dict[str, Any], dims: Iterable[int] | None) -> li
 # --- runtimes --------------------------------------------------------------------------------
 
 def parse_batches(value: str | Sequence[int] | None) -> list[int]:
+    """'1,8,64' (or a list) -> the sorted distinct batch sizes, each >= 1; None: DEFAULT_BATCHES."""
     if value is None:
         return list(DEFAULT_BATCHES)
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        batches = sorted({int(str(b).strip()) for b in items if str(b).strip()})
-    except ValueError:
-        raise InputError(f"batch sizes must be integers like 1,8,64, got {value!r}") from None
-    if not batches or batches[0] < 1:
-        raise InputError(f"batch sizes must be >= 1, got {value!r}")
+    batches = sorted(set(parse_integers(value, "batch sizes")))
+    if not batches:
+        raise InputError(f"no batch sizes given, got {value!r}: use e.g. 1,8,64")
     return batches
 
 

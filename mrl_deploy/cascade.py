@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError, InputError, MRLDeployError
+from .errors import DataError, InputError, MRLDeployError, check_number
 
 CONFIDENCES = ("softmax", "margin")
 METHODS = ("search", "greedy")
@@ -236,10 +236,8 @@ def fit_cascade(logits: Mapping[int, np.ndarray], labels: np.ndarray, *, max_dro
     plain constraint on calibration accuracy)."""
     if method not in METHODS:
         raise InputError(f"unknown cascade fitting method {method!r}; choose from {', '.join(METHODS)}")
-    if not (isinstance(max_drop, (int, float)) and 0 <= max_drop <= 100):
-        raise InputError(f"--max-drop must be between 0 and 100 points, got {max_drop}")
-    if not (isinstance(safety, (int, float)) and 0 <= safety <= 10):
-        raise InputError(f"--safety must be between 0 and 10 (standard deviations), got {safety}")
+    check_number(max_drop, "--max-drop (points)", 0, 100)
+    check_number(safety, "--safety (standard deviations)", 0, 10)
     dims = sorted(int(d) for d in (dims if dims is not None else logits))
     stack = _stack_logits(logits, dims)
     labels = check_labels(labels, len(stack[0]), stack[0].shape[1])

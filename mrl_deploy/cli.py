@@ -55,16 +55,9 @@ def parse_csv(value: Optional[str]) -> list[str]:
 
 def parse_counts(value: Optional[str], option: str) -> Optional[list[int]]:
     """'50,100,200' -> [50, 100, 200] (None for no value): integers >= 1, else one line naming the option."""
-    from .errors import check_number
+    from .errors import parse_integers
 
-    counts = []
-    for part in parse_csv(value):
-        try:
-            count = int(part)
-        except ValueError:
-            raise MRLDeployError(f"{option} takes integers like 50,100,200, got {part!r}") from None
-        counts.append(check_number(count, option, 1))
-    return counts or None
+    return parse_integers(value or "", option) or None
 
 
 def manifest_tables(manifest: dict) -> list:

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import InputError, MissingExtraError, MRLDeployError, RepositoryError, require
+from .errors import InputError, MissingExtraError, MRLDeployError, RepositoryError, check_number, parse_integers, require
 
 MARKER = "mrl-triton.json"
 FORMAT_VERSION = 1
@@ -281,20 +281,15 @@ def _check_name(name: str) -> str:
 
 def _settings(max_batch: int, preferred_batch: Sequence[int] | None, max_queue_delay_us: int, instances: int,
               kind: str, trt_accelerator: bool, trt_fp16: bool) -> dict[str, Any]:
-    def integer(value, option, low):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(f"{option} must be an integer >= {low}, got {value!r}")
-        return value
-
-    integer(max_batch, "--max-batch", 1)
-    integer(max_queue_delay_us, "--max-queue-delay-us", 0)
-    integer(instances, "--instances", 1)
+    check_number(max_batch, "--max-batch", 1, integer=True)
+    check_number(max_queue_delay_us, "--max-queue-delay-us", 0, integer=True)
+    check_number(instances, "--instances", 1, integer=True)
     if kind not in KINDS:
         raise InputError(f"--kind must be gpu or cpu, got {kind!r}")
     if preferred_batch is None:
         preferred = [size for size in DEFAULT_PREFERRED if size <= max_batch]
     else:
-        preferred = sorted({integer(size, "--preferred-batch sizes", 1) for size in preferred_batch})
+        preferred = sorted(set(parse_integers(preferred_batch, "--preferred-batch sizes")))
         above = [size for size in preferred if size > max_batch]
         if above:
             raise InputError(f"--preferred-batch sizes {above} exceed --max-batch {max_batch}")
@@ -308,14 +303,7 @@ def _settings(max_batch: int, preferred_batch: Sequence[int] | None, max_queue_d
 
 def parse_batch_sizes(text: str, option: str) -> list[int]:
     """'8,16,32' -> [8, 16, 32]; anything but positive integers is an error."""
-    sizes = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if not part.isdigit() or int(part) < 1:
-            raise InputError(f"{option} takes positive integers, comma-separated; got {part!r}")
-        sizes.append(int(part))
-    return sizes
+    return parse_integers(text, option)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -144,19 +144,17 @@ def build_application(artifact_dir: str | Path, index_dir: str | Path | None = N
     from ray import serve
 
     from ..artifact import Artifact
-    from ..errors import InputError
+    from ..errors import InputError, check_number
     from ..runtimes import resolve_runtime
     from ..serve import create_app
     from ..serve.batcher import run_batch, warmup_item
     from ..sharded import ShardedIndex, is_sharded, read_sharded_settings
     from .embed import GPU_RUNTIMES
 
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise InputError(f"replicas must be a positive integer, got {replicas!r}")
-    if not num_cpus >= 0 or (num_gpus is not None and not num_gpus >= 0):
-        raise InputError(f"CPUs and GPUs per replica must be >= 0, got {num_cpus} and {num_gpus}")
-    if not timeout > 0:
-        raise InputError(f"the timeout must be positive, got {timeout}")
+    check_number(replicas, "replicas", 1, integer=True)
+    check_number(num_cpus, "num_cpus", 0)
+    check_number(num_gpus, "num_gpus", 0, optional=True)
+    check_number(timeout, "timeout", 0, low_open=True)
     artifact_dir = Path(artifact_dir).resolve()
     artifact = Artifact.load(artifact_dir, verify=False)
     runtime = resolve_runtime(runtime, artifact, variant)

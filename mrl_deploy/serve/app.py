@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 
-from ..errors import MRLDeployError, require
+from ..errors import MRLDeployError, check_number, require
 
 require("fastapi", "serve", "the HTTP server")
 
@@ -299,12 +299,10 @@ def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: A
     verify = not isinstance(artifact, Artifact)
     if verify:
         artifact = Artifact.load(artifact, verify=False)
-    for name, value, low in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1),
-                             ("max_request_items", max_request_items, 1), ("max_body_bytes", max_body_bytes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MRLDeployError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (isinstance(max_delay_ms, (int, float)) and 0 <= max_delay_ms <= 10_000):
-        raise MRLDeployError(f"max_delay_ms must be between 0 and 10000, got {max_delay_ms!r}")
+    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_request_items", max_request_items),
+                        ("max_body_bytes", max_body_bytes)):
+        check_number(value, name, 1, integer=True)
+    check_number(max_delay_ms, "max_delay_ms", 0, 10_000)
     if api_key is not None and not api_key:
         raise MRLDeployError("the API key is empty")
     built_with = ((getattr(index, "settings", None) or {}).get("source") or {}).get("artifact")
