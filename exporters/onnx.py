@@ -20,12 +20,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import __version__
 from ..comparison import TOLERANCE, check_output, compare_arrays
 from ..dims import check_dims, format_nesting_dims
 from ..errors import DimsError, SourceError, VerificationError, check_number, require
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
-from ..sources import SourceModel, load_source, source_sha256
+from ..source_model import SourceModel
+from ..sources import load_source, source_sha256
+from ..version import __version__
 
 DEFAULT_OPSET = 20
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -174,7 +175,8 @@ def export(
             shutil.copyfile(model.tokenizer_file, stage / "tokenizer.json")
         manifest = _manifest(model, chosen, outputs, models, opset, _flops(model, module, chosen))
         if format == "tensorrt":
-            from .tensorrt import DEFAULT_MAX_BATCH, ENGINE_KEYS, build_engine
+            from ..engines import ENGINE_KEYS
+            from .tensorrt import DEFAULT_MAX_BATCH, build_engine
 
             engine = "fp16" if "fp16" in precision else "fp32"
             manifest["models"][ENGINE_KEYS[engine]] = build_engine(
@@ -299,7 +301,7 @@ def _split_sample(model: SourceModel, sample: Any) -> tuple[dict[str, np.ndarray
     if isinstance(sample, (list, tuple)) and sample and isinstance(sample[0], str):
         if model.tokenizer_file is None:
             raise InputError("--sample holds texts but the model takes tensors")
-        from ..sources import tokenize_texts
+        from ..source_model import tokenize_texts
 
         texts = list(dict.fromkeys(sample))
         order = rng.permutation(len(texts))

@@ -24,13 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-
+from ..engines import ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, parse_version
 from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError, check_number
 from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_bytes_atomic, write_json_atomic
-from ..runtimes.tensorrt import (
-    ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, gpu_from_torch, parse_version,
-    require_cuda_torch, require_tensorrt,
-)
+from ..runtimes.tensorrt import gpu_from_torch, require_cuda_torch, require_tensorrt
 
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_MAX_BATCH = 64

@@ -296,6 +296,7 @@ def compare(
     from rich.table import Table
 
     from .artifact import Artifact, load_inputs
+    from .exporters.tensorrt import rebuild_engine
     from .runtimes.compare import compare_runtimes
 
     artifact = Artifact.load(artifact_dir)
@@ -304,7 +305,7 @@ def compare(
         report = compare_runtimes(
             artifact, parse_csv(runtimes) or None, inputs=data, batch=batch, limit=limit, seed=seed, variants=variants,
             threads=threads, min_cosine=min_cosine, max_abs_diff=atol,
-            runtime_options={"tensorrt": {"rebuild": True}} if rebuild else None,
+            runtime_options={"tensorrt": {"rebuild": rebuild_engine}} if rebuild else None,
             progress=lambda message: status.update(message),
         )
     if json_out:

@@ -579,7 +579,7 @@ def load_trained_source(path: str | Path, max_seq_length: int | None = None, enc
                         nesting_dims: Any = None, pre_truncation: str | None = None, **options: Any):
     """An `mrl-deploy train` checkpoint as a SourceModel (kind "mrl-deploy"). Text adapters come
     back whole: tokens -> frozen sentence-transformers pipeline -> adapter (+ heads)."""
-    from .sources import InputSpec, SourceModel
+    from .source_model import InputSpec, SourceModel
 
     if options:
         raise SourceError(f"options {sorted(options)} do not apply to mrl-deploy checkpoints")
@@ -608,7 +608,8 @@ def load_trained_source(path: str | Path, max_seq_length: int | None = None, enc
 
 def _text_source(net, meta, path, max_seq_length, encoder, common):
     from .nets import TextPipeline
-    from .sources import SourceModel, load_sentence_transformers
+    from .source_model import SourceModel
+    from .text_source import load_sentence_transformers
 
     info = meta["encoder"]
     encoder_path = Path(encoder) if encoder else Path(info["path"])

@@ -353,7 +353,8 @@ def write_repository(artifact: Any, output: str | os.PathLike, *, name: str | No
     models written, the settings, and notes on what was chosen."""
     from .artifact import Artifact
     from .manifest import staged_directory, write_json_atomic
-    from . import __version__, tokenization
+    from . import tokenization
+    from .version import __version__
 
     say = progress or (lambda message: None)
     if not isinstance(artifact, Artifact):

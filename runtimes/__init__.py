@@ -79,7 +79,7 @@ def runtime_pairs(spec: str | Sequence[str], manifest: dict[str, Any], *, varian
     of the artifact that runtime runs: each ONNX model for ONNX Runtime, each engine for tensorrt;
     the torch runtimes run the fp32 PyTorch reference. 'ort-cpu:int8' picks one variant, which
     the artifact must have."""
-    from .tensorrt import find_engine
+    from ..engines import find_engine
 
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     models = manifest.get("models", {})

@@ -100,9 +100,9 @@ esac
 
 def test_one_nvidia_smi_query_serves_machine_info_and_the_engine_check(tmp_path, monkeypatch):
     """machine.nvidia_smi_gpus parses nvidia-smi's CSV (a stand-in script here: no GPU on this
-    machine); machine_info and runtimes.tensorrt.gpu_from_nvidia_smi read the same list."""
+    machine); machine_info and engines.gpu_from_nvidia_smi read the same list."""
     from mrl_deploy.machine import nvidia_smi_gpus
-    from mrl_deploy.runtimes.tensorrt import gpu_from_nvidia_smi
+    from mrl_deploy.engines import gpu_from_nvidia_smi
 
     script = tmp_path / "nvidia-smi"
     script.write_text(FAKE_NVIDIA_SMI)

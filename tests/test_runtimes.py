@@ -21,6 +21,7 @@ from mrl_deploy.runtimes import availability, create_runtime, default_runtime, r
 from mrl_deploy.comparison import check_output, compare_arrays, tolerance_for
 from mrl_deploy.feeds import artifact_feed
 from mrl_deploy.runtimes.compare import compare_runtimes
+from mrl_deploy import engines
 from mrl_deploy.runtimes import tensorrt as trt_runtime
 from mrl_deploy.exporters import tensorrt as trt_export
 
@@ -406,9 +407,9 @@ def test_build_plan_refusals():
         trt_export.build_plan("10.3.0", "int8")
     with pytest.raises(InputError, match="fp32 or fp16"):
         trt_export.build_plan("10.3.0", "bf16")
-    assert trt_runtime.parse_version("11.0.0b1") == (11, 0, 0) and trt_runtime.parse_version("10.3.0.26") == (10, 3, 0, 26)
+    assert engines.parse_version("11.0.0b1") == (11, 0, 0) and engines.parse_version("10.3.0.26") == (10, 3, 0, 26)
     with pytest.raises(MRLDeployError):
-        trt_runtime.parse_version("unknown")
+        engines.parse_version("unknown")
 
 
 def test_a_tensorrt_without_the_flag_is_an_error_not_an_fp32_engine():
@@ -489,25 +490,25 @@ def test_configure_applies_the_plan(version, precision, set_fp16, clear_tf32):
 def test_engine_compatibility():
     entry = {"tensorrt_version": "10.3.0.26", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     same = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    assert trt_runtime.engine_mismatch(entry, "10.3.0.26", same) == ([], [])
-    errors, _ = trt_runtime.engine_mismatch(entry, "10.8.0.43", same)
+    assert engines.engine_mismatch(entry, "10.3.0.26", same) == ([], [])
+    errors, _ = engines.engine_mismatch(entry, "10.8.0.43", same)
     assert errors == ["the engine was built with TensorRT 10.3.0.26, this is TensorRT 10.8.0.43"]
-    errors, _ = trt_runtime.engine_mismatch(entry, "10.3.0.26", {"name": "NVIDIA A10", "compute_capability": "8.6"})
+    errors, _ = engines.engine_mismatch(entry, "10.3.0.26", {"name": "NVIDIA A10", "compute_capability": "8.6"})
     assert "compute capability 9.0" in errors[0] and "8.6 (NVIDIA A10)" in errors[0]
-    errors, notes = trt_runtime.engine_mismatch(entry, "10.3.0", {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    errors, notes = engines.engine_mismatch(entry, "10.3.0", {"name": "NVIDIA H200", "compute_capability": "9.0"})
     assert errors == [] and "--rebuild" in notes[0]
-    assert trt_runtime.engine_mismatch(entry, "10.3.0", None) == ([], [])  # GPU unknown: the version still checked
+    assert engines.engine_mismatch(entry, "10.3.0", None) == ([], [])  # GPU unknown: the version still checked
 
 
 def test_engine_entries():
     manifest = {"models": {"fp32": {"file": "model.onnx"}, "tensorrt-fp16": {"file": "model.fp16.plan"}}}
-    assert trt_runtime.find_engine(manifest, "fp16") == ("tensorrt-fp16", {"file": "model.fp16.plan"})
-    assert trt_runtime.find_engine(manifest, "tensorrt-fp16")[0] == "tensorrt-fp16"
-    assert trt_runtime.find_engine(manifest, "fp32") is None
+    assert engines.find_engine(manifest, "fp16") == ("tensorrt-fp16", {"file": "model.fp16.plan"})
+    assert engines.find_engine(manifest, "tensorrt-fp16")[0] == "tensorrt-fp16"
+    assert engines.find_engine(manifest, "fp32") is None
     with pytest.raises(ArtifactError, match="no fp32 TensorRT engine.*use --variant fp16"):
-        trt_runtime.engine_entry(manifest, "fp32")
+        engines.engine_entry(manifest, "fp32")
     with pytest.raises(InputError, match="int8 runs on ort-cpu"):
-        trt_runtime.engine_entry(manifest, "int8")
+        engines.engine_entry(manifest, "int8")
 
 
 @needs_torch
@@ -632,7 +633,7 @@ def test_tensorrt_engine_builds_runs_and_agrees_with_torch(artifacts, tmp_path, 
     art = tmp_path / "art"
     shutil.copytree(artifacts["mlp-heads"].path, art)
     artifact = trt_export.add_engine(Artifact.load(art), precision=precision, max_batch=16)
-    entry = artifact.manifest["models"][trt_runtime.ENGINE_KEYS[precision]]
+    entry = artifact.manifest["models"][engines.ENGINE_KEYS[precision]]
     assert (art / entry["file"]).is_file() and (art / "timing.cache").is_file()
     report = compare_runtimes(artifact, ["torch", f"tensorrt:{precision}"], batch=40)  # > max_batch: chunked
     assert report["passed"], report
