@@ -179,7 +179,7 @@ def ort_models(artifact, failures):
 
 def torch_module(artifact, source):
     """The exported module itself, in eager PyTorch (what `torch` runs before any export)."""
-    from mrl_deploy.exporters.onnx import MRLExportModule
+    from mrl_deploy.graph import MRLExportModule
     from mrl_deploy.sources import load_source
 
     options = dict(artifact.manifest["source"].get("options") or {})

@@ -23,6 +23,7 @@ import numpy as np
 from ..comparison import TOLERANCE, check_output, compare_arrays
 from ..dims import check_dims, format_nesting_dims
 from ..errors import DimsError, SourceError, VerificationError, check_number, require
+from ..graph import MRLExportModule, plan_outputs
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
 from ..source_model import SourceModel
 from ..sources import load_source, source_sha256
@@ -34,55 +35,6 @@ VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model
 VERIFY_BATCH = 4
 SAMPLE_ROWS = 64   # rows of --sample in each part (calibration, held-out) of the verification inputs
 FLOPS_SEQUENCE_LENGTH = 128
-
-
-def plan_outputs(source: SourceModel, dims: Sequence[int]) -> list[dict[str, Any]]:
-    """The graph's outputs, in order: embedding_{m} for every dim, then logits_{m} where a head exists."""
-    outputs = [{"name": f"embedding_{m}", "kind": "embedding", "dim": m} for m in dims]
-    outputs += [
-        {"name": f"logits_{m}", "kind": "logits", "dim": m, "classes": source.num_classes}
-        for m in source.logit_dims(list(dims))
-    ]
-    return outputs
-
-
-def _build_module_class():
-    import torch
-    import torch.nn.functional as F
-
-    class MRLExportModule(torch.nn.Module):
-        """Wraps a source model: z -> [pre-truncation] -> z[:, :m] / ||z[:, :m]|| for each chosen
-        m (sliced by Python ints, fixed at export time), plus the heads' logits."""
-
-        def __init__(self, source: SourceModel, dims: Sequence[int]):
-            super().__init__()
-            self.model = source.module
-            self.shared_head = source.shared_head
-            self.full_dim = source.full_dim
-            self.pre_truncation = source.pre_truncation
-            self.head_index = {m: i for i, m in enumerate(source.head_dims)}
-            self.plan = [(o["kind"], o["dim"]) for o in plan_outputs(source, dims)]
-
-        def forward(self, *inputs):
-            out = self.model(*inputs)
-            z, logits = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-            prefix_source = F.layer_norm(z, (self.full_dim,)) if self.pre_truncation == "layer_norm" else z
-            results = []
-            for kind, m in self.plan:
-                if kind == "embedding":
-                    results.append(F.normalize(prefix_source[:, :m], p=2.0, dim=-1))
-                elif self.shared_head is not None:  # MRL-E: the first m columns of one shared head
-                    results.append(F.linear(z[:, :m], self.shared_head.weight[:, :m], self.shared_head.bias))
-                else:
-                    results.append(logits[self.head_index[m]])
-            return tuple(results)
-
-    return MRLExportModule
-
-
-def MRLExportModule(source: SourceModel, dims: Sequence[int]):
-    """Construct the export wrapper (an nn.Module; torch is imported only here)."""
-    return _build_module_class()(source, dims).eval()
 
 
 # --- export -----------------------------------------------------------------------------------
