@@ -793,7 +793,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from mrl_deploy.bench import machine_name
+    from mrl_deploy.machine import machine_name
 
     models = results["models"]
     peers = results.get("peers")
@@ -1069,7 +1069,7 @@ def main(argv=None):
         args.out, args.update_readme = str(CACHE / "encoders_quick"), False
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     def say(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
                         "benchmarks/README.md from the results (only the 1M run's)")
     args = parser.parse_args(argv)
 
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     names = [n.strip() for n in args.corpora.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORPORA]

@@ -298,7 +298,7 @@ def main(argv=None):
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    from mrl_deploy.bench import machine_info
+    from mrl_deploy.machine import machine_info
 
     CACHE.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine_info(), "settings": {

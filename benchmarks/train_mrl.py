@@ -141,14 +141,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         report = json.loads(args.out.read_text())
-        from mrl_deploy.bench import machine_name
+        from mrl_deploy.machine import machine_name
 
         for result in report["results"]:
             print_table(result)
         print(f"wrote {plot(report['results'], machine_name(report['machine']), args.out.with_suffix('.png'))}")
         return
 
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     machine = machine_info()
     seeds = [int(s) for s in args.seeds.split(",")]

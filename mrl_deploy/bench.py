@@ -23,7 +23,8 @@ from .comparison import row_cosines
 from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number, parse_integers
 from .feeds import SAMPLE_TEXTS, artifact_feed
 from .flops import FLOPS_UNIT, retrieval_flops
-from .machine import machine_info, machine_name  # noqa: F401  (bench.machine_name: read here by the benchmarks)
+from .machine import machine_info
+from .metrics import recall_at_k
 
 SCHEMA = "mrl-deploy-bench/1"
 DEFAULT_RUNTIMES = "ort-cpu,torch"
@@ -371,8 +372,8 @@ def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECAL
     """recall@k against exact search at the full (largest) dim, on the data itself: a seeded set of
     rows are the queries, the rest the corpus. Per dim d: `truncated` (exact search at d alone),
     `adaptive` (exhaustive shortlist of `shortlist_size` at Ds=d, rerank at the full dim: the
-    FLOPs model N*Ds + k*Dr exactly) and, where mrl_deploy.retrieval exists, `adaptive_hnsw`
-    (AdaptiveIndex: usearch HNSW shortlist, the deployed path)."""
+    FLOPs model N*Ds + k*Dr exactly) and, with `use_index`, `adaptive_hnsw` (AdaptiveIndex: usearch
+    HNSW shortlist, the deployed path)."""
     from .artifact import renormalize
 
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -387,16 +388,18 @@ def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECAL
     # 5% of the corpus (at least 2k), and report the size used.
     shortlist_size = max(k, min(shortlist_size, len(corpus), max(2 * k, len(corpus) // 20)))
     truth = _top_k(renormalize(query) @ renormalize(corpus).T, k)
-    index_cls = _adaptive_index() if use_index else None
+    from .retrieval import AdaptiveIndex
+
+    index_cls = AdaptiveIndex if use_index else None
     rows = []
     for dim in sorted(set(dims)):
         q_d, c_d = renormalize(query[:, :dim]), renormalize(corpus[:, :dim])
         scores = q_d @ c_d.T
-        row = {"dim": dim, "truncated": _recall(_top_k(scores, k), truth)}
+        row = {"dim": dim, "truncated": recall_at_k(_top_k(scores, k), truth)}
         shortlist = _top_k(scores, shortlist_size)
         q_f, c_f = renormalize(query), renormalize(corpus)
         rerank = np.einsum("qd,qkd->qk", q_f, c_f[shortlist])
-        row["adaptive"] = _recall(np.take_along_axis(shortlist, _top_k(rerank, k), axis=1), truth)
+        row["adaptive"] = recall_at_k(np.take_along_axis(shortlist, _top_k(rerank, k), axis=1), truth)
         if index_cls is not None:
             row["adaptive_hnsw"], error = _hnsw_recall(index_cls, corpus, query, dim, full, k, shortlist_size, truth)
             if error:
@@ -414,19 +417,6 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
-    return float(np.sum(hits) / truth.size)
-
-
-def _adaptive_index():
-    try:
-        from .retrieval import AdaptiveIndex
-    except ImportError:
-        return None
-    return AdaptiveIndex
-
-
 def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, truth) -> tuple[float | None, str | None]:
     """(recall, None) or (None, why): a failing index is reported in the JSON, not fatal to the bench."""
     try:
@@ -434,7 +424,7 @@ def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, tr
         ids, _ = index.search(query, k=k, shortlist_size=shortlist_size)
     except Exception as exc:  # noqa: BLE001 - another module's failure must not lose the timings
         return None, f"{type(exc).__name__}: {exc}"
-    return _recall(np.asarray(ids), truth), None
+    return recall_at_k(np.asarray(ids), truth), None
 
 
 def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *, runtime: str | None,
