@@ -260,10 +260,7 @@ def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int]
     baseline = rss_bytes()
     could_reset = reset_peak_rss()
     started = time.perf_counter()
-    try:
-        runner = create_runtime(name, artifact, variant=variant, threads=threads)
-    except ImportError as exc:  # a runtime module that is not part of this install
-        raise RuntimeUnavailableError(f"runtime {name} is not available here ({exc})") from None
+    runner = create_runtime(name, artifact, variant=variant, threads=threads)
     runner.activate()
     load_s = time.perf_counter() - started
     result: dict[str, Any] = {
@@ -305,32 +302,22 @@ def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None)
     retrieval recall only). Labelled data as data.data_for_model gives it: the model's own
     training data (its recorded fingerprint) as the test split of its recorded split, any other
     data whole."""
+    from . import data as dataset_module
     from .artifact import load_inputs
 
     text = str(spec)
     path = Path(text)
     x, y, split = None, None, "all"
-    dataset_module = _data_module()
-    if path.suffix.lower() == ".npz" and path.is_file() and dataset_module is not None:
+    if path.suffix.lower() == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as data:
             labelled = "x" in data and "y" in data
         if labelled:  # the training module's reader: string labels, image layouts, checks
             x, y, split = _labelled(dataset_module, path, artifact)
         else:
             x = load_inputs(path, artifact)
-    elif path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data:
-                x = load_inputs(path, artifact)
-            else:
-                x = data["x"]
-                y = data["y"] if "y" in data else None
     elif path.suffix.lower() in (".npy", ".txt") and path.is_file():
         x = load_inputs(path, artifact)
     else:
-        if dataset_module is None:
-            raise DataError(f"unknown data {text!r}: give a .npz with x and y, a .npy or a .txt (named datasets "
-                            "need the training module)")
         x, y, split = _labelled(dataset_module, text, artifact)
     if y is not None:
         y = np.asarray(y).astype(np.int64).ravel()
@@ -350,14 +337,6 @@ def _count(x: Any) -> int:
     if isinstance(x, dict):
         return len(next(iter(x.values())))
     return len(x)
-
-
-def _data_module():
-    try:
-        from . import data as data_module  # the training issue's datasets and splits
-    except ImportError:
-        return None
-    return data_module
 
 
 def _labelled(data_module: Any, spec: Any, artifact: Any) -> tuple[Any, Any, str]:

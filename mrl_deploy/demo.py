@@ -130,14 +130,11 @@ def classification_rows(artifact, cal_set, test_set) -> list[dict[str, Any]]:
             "latency_ms": _batch1_latency(artifact, test_set.x, [f"logits_{dim}"]),
             "flops": encoder_flops + heads.get(dim, 0), "bytes_per_vector": 4 * dim,
         })
-    try:
-        from .cascade import Cascade, calibrate_artifact, classify_artifact
-    except ImportError:  # the cascade issue not there yet: heads only
-        return rows
+    from .artifact import Artifact
+    from .cascade import Cascade, calibrate_artifact, classify_artifact
+
     calibrate_artifact(artifact.path, cal_set.x, cal_set.y, max_drop=0.5,
                        data={"name": "digits", "split": "calibration", "samples": len(cal_set)})
-    from .artifact import Artifact
-
     calibrated = Artifact.load(artifact.path)
     cascade = Cascade.from_manifest(calibrated.manifest)
     report = classify_artifact(calibrated, test_set.x, test_set.y, cascade=cascade)["report"]

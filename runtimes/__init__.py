@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Sequence
 
-from ..errors import InputError, RuntimeUnavailableError
+from ..errors import InputError
 from .base import Runtime
 
 # name -> "module:Class", imported only when asked for.
@@ -33,11 +33,7 @@ def runtime_class(name: str) -> type[Runtime]:
     if name not in RUNTIMES:
         raise InputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
     module_name, _, attr = RUNTIMES[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:  # an install that lacks the module (an older or partial copy)
-        raise RuntimeUnavailableError(f"runtime {name} is not part of this install ({exc})") from None
-    return getattr(module, attr)
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def create_runtime(name: str, artifact, **options) -> Runtime:
