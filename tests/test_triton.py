@@ -230,7 +230,7 @@ def test_rewrite_is_atomic_and_refuses_other_directories(digits, tmp_path, monke
     def failing_check(path, progress=None):
         raise RepositoryError("digits: the check failed")
 
-    monkeypatch.setattr(triton, "check_repository", failing_check)
+    monkeypatch.setattr(triton.write, "check_repository", failing_check)   # the check write_repository runs
     with pytest.raises(RepositoryError, match="the check failed"):
         triton.write_repository(artifact, repo, max_batch=32, check=True)
     assert parse(repo / "digits" / "config.pbtxt").max_batch_size == 16   # the old one, intact
