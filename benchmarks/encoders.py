@@ -26,7 +26,7 @@ fp32 exported with --no-optimize), at batch 1 and 32, 16 and 128 tokens (texts o
 many tokens: no padding), truncate_dim=64 / --dim 64 and the full dim. sentence-transformers'
 ONNX backend needs a transformers older than the project's, so the peers live in a venv of their
 own (benchmarks/.cache/st-peer-venv, created once with pip) and run in a worker process
-(benchmarks/st_peer.py) that times itself with the same mrl_deploy.bench.time_calls and settings,
+(benchmarks/st_peer.py) that times itself with the same mrl_deploy.timing.time_calls and settings,
 taking its turn in the same rounds, pinned to the same threads (torch.set_num_threads,
 intra_op_num_threads, inter_op_num_threads=1 for every ONNX Runtime session). Also: the cosine of
 every runner to st torch on 64 BBC articles, and cold starts (a fresh process per run, taking
@@ -240,8 +240,8 @@ def runners(artifact, module, threads, feed, models):
 
 
 def local_timer(fn):
-    """A timer for time_interleaved: `fn` timed in this process with mrl_deploy.bench.time_calls."""
-    from mrl_deploy.bench import time_calls
+    """A timer for time_interleaved: `fn` timed in this process with mrl_deploy.timing.time_calls."""
+    from mrl_deploy.timing import time_calls
 
     return lambda duration, warmup: time_calls(fn, duration, warmup=warmup, warmup_runs=2, min_runs=3)
 
@@ -298,7 +298,8 @@ def variant_quality(artifact, module, inputs, models):
 def bench_model(name, threads_list, batches, duration, rounds, say, seq_lens=TEXT_SEQ_LENS):
     import torch
 
-    from mrl_deploy.bench import bench_feed, latency_stats, throughput
+    from mrl_deploy.bench import bench_feed
+    from mrl_deploy.timing import latency_stats, throughput
 
     artifact, source, failures = MODELS[name](say)
     module = torch_module(artifact, source)
@@ -592,7 +593,7 @@ def bench_peers(threads_list, batches, seq_lens, dims, duration, rounds, cold_re
     torch, its ONNX backend and (where the installed version has them) its O3-optimized and
     dynamic int8 ONNX exports: all interleaved round by round in one run, end to end from texts
     to embeddings, at each thread count, batch, length and dim."""
-    from mrl_deploy.bench import latency_stats, throughput
+    from mrl_deploy.timing import latency_stats, throughput
 
     artifact, _, _ = prepare_minilm(say)
     plain, _, _ = prepare_minilm_plain(say)
@@ -687,7 +688,7 @@ def gemm_floor(plain_artifact, threads, seq_len):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mrl_deploy.bench import time_calls
+    from mrl_deploy.timing import time_calls
 
     model = onnx.load(str(plain_artifact.model_file("fp32")))
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
@@ -906,7 +907,7 @@ def sgemm_roofline(threads_list):
     per thread count: the ceiling for any runtime on GEMM-bound encoders."""
     import torch
 
-    from mrl_deploy.bench import time_calls
+    from mrl_deploy.timing import time_calls
 
     a, b = torch.randn(128, 384), torch.randn(384, 1536)
     out = {}
