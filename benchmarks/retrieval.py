@@ -462,7 +462,8 @@ def _checkpoint(dataset: str) -> Path:
 
 def digits_vectors():
     from mrl_deploy.data import load_dataset
-    from mrl_deploy.train import embed, load_checkpoint
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.train import embed
 
     net, meta = load_checkpoint(_checkpoint("digits"))
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
@@ -473,7 +474,9 @@ def digits_vectors():
 
 def bbc_vectors():
     from mrl_deploy.data import bbc_news_dir, load_dataset
-    from mrl_deploy.train import embed, encode_texts, load_checkpoint
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.encoder_cache import encode_texts
+    from mrl_deploy.train import embed
 
     path = _checkpoint("bbc-news")
     net, meta = load_checkpoint(path)

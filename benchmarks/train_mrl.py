@@ -40,7 +40,8 @@ METHODS = ("mrl", "mrl_e", "fixed_feature", "baseline_truncated", "baseline_prob
 
 def run_dataset(name: str, seeds: list[int], workdir: Path, log) -> dict:
     from mrl_deploy.data import load_dataset, split_dataset
-    from mrl_deploy.train import accuracy_per_dim, encode_texts, train, _train_one
+    from mrl_deploy.encoder_cache import encode_texts
+    from mrl_deploy.train import accuracy_per_dim, train, _train_one
 
     data = load_dataset(name)
     per_seed = []

@@ -52,7 +52,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
 
     checkpoint, meta, reused = step("train", lambda: _checkpoint(workdir / "checkpoint", retrain, seed, console))
     console.print(f"checkpoint: {checkpoint}" + (" (reused)" if reused else ""), highlight=False)
-    from .train import accuracy_table
+    from .training_ui import accuracy_table
 
     console.print(accuracy_table(meta))
     artifact, exported = step("export", lambda: _artifact(checkpoint, workdir / "artifacts" / "digits", console))
@@ -88,7 +88,9 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
 # --- train / export, reusing what is there ----------------------------------------------------
 
 def _checkpoint(path: Path, retrain: bool, seed: int, console) -> tuple[Path, dict[str, Any], bool]:
-    from .train import TrainingProgress, is_trained_checkpoint, read_checkpoint, train
+    from .checkpoint import is_trained_checkpoint, read_checkpoint
+    from .train import train
+    from .training_ui import TrainingProgress
 
     if not retrain and is_trained_checkpoint(path):
         meta = read_checkpoint(path)

@@ -9,7 +9,7 @@ A Hugging Face Hub id (`org/name`) that is not a local path is resolved to its s
 in the local Hugging Face cache (huggingface_hub.snapshot_download: downloaded where the machine is
 online and HF_HUB_OFFLINE is not set); the repo id and the snapshot's commit become the source's
 `origin`, recorded in the manifest.
-Each kind's loader lives in its own module (resnet.py, text_source.py, train.py's checkpoints,
+Each kind's loader lives in its own module (resnet.py, text_source.py, checkpoint.py,
 factory_source.py); this one detects the kind and dispatches. torch is imported by the loaders,
 never at module import.
 """
@@ -135,6 +135,6 @@ def _load_resnet(path: str, **options: Any) -> SourceModel:
 
 
 def _load_trained(path: str, **options: Any) -> SourceModel:
-    from .train import load_trained_source
+    from .checkpoint import load_trained_source
 
     return load_trained_source(path, **options)

@@ -263,8 +263,8 @@ def train(
 
     Example: mrl-deploy train digits -o checkpoints/digits && mrl-deploy export checkpoints/digits --all-dims -o artifacts/digits
     """
-    from ..train import TrainingProgress, accuracy_table
     from ..train import train as run_train
+    from ..training_ui import TrainingProgress, accuracy_table
 
     if deterministic:
         if threads not in (None, 1):
