@@ -54,6 +54,18 @@ def _embed_with_progress(artifact_dir: Path, inputs: Path, dim, runtime, batch_s
     return vectors, artifact.path.resolve(), data if artifact.is_text else None
 
 
+def _vectors_or_embedding(vectors: Optional[Path], artifact_dir: Optional[Path], inputs: Optional[Path], runtime,
+                          batch_size: int):
+    """--vectors FILE, or DIR INPUTS embedded here: (vectors, source of the vectors or None, the
+    texts or None)."""
+    if vectors is not None:
+        return _load_vectors(vectors, "--vectors"), None, None
+    if artifact_dir is None or inputs is None:
+        raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
+    data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
+    return data, {"artifact": str(artifact_path), "inputs": str(inputs)}, texts
+
+
 @app.command("index")
 def index_command(
     artifact_dir: Optional[Path] = typer.Argument(None, help="An artifact to embed INPUTS with (leave out with --vectors)."),
@@ -109,13 +121,8 @@ def index_command(
         if keys is not None:
             raise MRLDeployError("--keys: an `embed --ray` directory brings its own ids")
         data, corpus_ids = load_corpus(vectors)
-    elif vectors is not None:
-        data = _load_vectors(vectors, "--vectors")
     else:
-        if artifact_dir is None or inputs is None:
-            raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
-        data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
-        source = {"artifact": str(artifact_path), "inputs": str(inputs)}
+        data, source, texts = _vectors_or_embedding(vectors, artifact_dir, inputs, runtime, batch_size)
     rows = read_metadata(metadata) if metadata is not None else None
     ids = _load_vectors(keys, "--keys") if keys is not None else corpus_ids
     started = time.perf_counter()
@@ -163,13 +170,8 @@ def _index_sharded(vectors, artifact_dir, inputs, output: Path, *, shards: int, 
         manifest = read_corpus(vectors)
         data, ids = corpus_slices(vectors, manifest)
         source = {"artifact": manifest["artifact"], "inputs": str(vectors)}
-    elif vectors is not None:
-        data = _load_vectors(vectors, "--vectors")
     else:
-        if artifact_dir is None or inputs is None:
-            raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
-        data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
-        source = {"artifact": str(artifact_path), "inputs": str(inputs)}
+        data, source, texts = _vectors_or_embedding(vectors, artifact_dir, inputs, runtime, batch_size)
     if keys is not None:
         ids = _load_vectors(keys, "--keys")
     rows = read_metadata(metadata) if metadata is not None else None

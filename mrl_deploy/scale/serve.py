@@ -62,13 +62,11 @@ def _handle(deployment: str) -> Any:
     return serve.get_deployment_handle(deployment, serve.get_replica_context().app_name)
 
 
-class ServeBackend:
-    """The app's Backend over the Embedder deployment."""
+class _Deployment:
+    """A deployment of this replica's application, its handle looked up on first use."""
 
-    def __init__(self, max_batch: int, timeout: float = DEFAULT_TIMEOUT, deployment: str = "Embedder"):
-        self.deployment = deployment
-        self.max_batch = max_batch
-        self.timeout = timeout
+    def __init__(self, deployment: str, timeout: float):
+        self.deployment, self.timeout = deployment, timeout
         self._handle = None
 
     @property
@@ -76,6 +74,14 @@ class ServeBackend:
         if self._handle is None:
             self._handle = _handle(self.deployment)
         return self._handle
+
+
+class ServeBackend(_Deployment):
+    """The app's Backend over the Embedder deployment."""
+
+    def __init__(self, max_batch: int, timeout: float = DEFAULT_TIMEOUT, deployment: str = "Embedder"):
+        super().__init__(deployment, timeout)
+        self.max_batch = max_batch
 
     def load(self) -> dict[str, Any]:
         try:
@@ -108,19 +114,13 @@ class ServeFuture:
             _reraise(exc, self.what)
 
 
-class ServeShard:
+class ServeShard(_Deployment):
     """A shard of the ingress's ShardedIndex: an IndexShard deployment (sharded.LocalShard's
     submit(), called from the app's worker thread)."""
 
     def __init__(self, deployment: str, name: str, timeout: float = DEFAULT_TIMEOUT):
-        self.deployment, self.name, self.timeout = deployment, name, timeout
-        self._handle = None
-
-    @property
-    def handle(self) -> Any:
-        if self._handle is None:
-            self._handle = _handle(self.deployment)
-        return self._handle
+        super().__init__(deployment, timeout)
+        self.name = name
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handle": None}
