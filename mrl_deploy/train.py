@@ -216,11 +216,9 @@ def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_cl
     import torch
     import torch.nn.functional as F
 
-    def prepare(values):
-        values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
-        return values
+    from .artifact import renormalize
 
-    train, evaluate = prepare(train), prepare(evaluate)
+    train, evaluate = renormalize(train), renormalize(evaluate)   # float32 already (embed, encode_texts)
     mean, std = train.mean(0), train.std(0) + 1e-6
     a = torch.from_numpy(((train - mean) / std).astype(np.float32))
     b = torch.from_numpy(((evaluate - mean) / std).astype(np.float32))
