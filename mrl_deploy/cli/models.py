@@ -9,7 +9,7 @@ import typer
 
 from ..errors import MRLDeployError
 from .common import app, console, emit_json, number, parse_csv, stdout
-from .render import manifest_tables
+from .render import manifest_tables, print_compare
 
 
 @app.command()
@@ -190,10 +190,6 @@ def compare(
 
     Example: mrl-deploy compare artifacts/minilm --runtimes torch,ort-cpu
     """
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     from ..artifact import Artifact, load_inputs
     from ..exporters.tensorrt import rebuild_engine
     from ..runtimes.compare import compare_runtimes
@@ -210,28 +206,7 @@ def compare(
     if json_out:
         emit_json(report)
     else:
-        ref = report["reference"]
-        table = Table(title=f"{report['inputs']['samples']} {report['inputs']['source']} samples, against "
-                            f"{ref['runtime']}:{ref['variant']}", box=box.SIMPLE_HEAD)
-        has_logits = any(o["kind"] == "logits" for o in artifact.manifest["outputs"])
-        columns = ["runtime", "output", "max |d|", "mean |d|", "min cosine"] + (["top-1"] if has_logits else []) + ["ok"]
-        for i, column in enumerate(columns):
-            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True, min_width=3)
-        for run in report["runs"][1:]:
-            for name, stats in run["outputs"].items():
-                top1 = stats.get("top1_agreement")
-                cells = [f"{run['runtime']}:{run['variant']}", name, f"{stats['max_abs_diff']:.2e}",
-                         f"{stats['mean_abs_diff']:.2e}", f"{stats['min_cosine']:.8f}"]
-                cells += (["" if top1 is None else f"{top1:.3f}"] if has_logits else [])
-                table.add_row(*cells, "[green]yes[/green]" if stats["passed"] else "[red]NO[/red]")
-        console.print(table)
-        for run in report["runs"]:
-            console.print(f"  {run['runtime']}:{run['variant']} ran on {run['device']}", highlight=False)
-        for skip in report["skipped"]:
-            console.print(f"  [yellow]skipped[/yellow] {skip['runtime']}:{skip['variant']}: {escape(skip['reason'])}", highlight=False)
-        for run in report["runs"][1:]:
-            for failure in run["failures"]:
-                console.print(f"[red]past tolerance:[/red] {run['runtime']}:{run['variant']}: {failure}", highlight=False)
+        print_compare(report, has_logits=any(o["kind"] == "logits" for o in artifact.manifest["outputs"]))
     if not report["passed"]:
         raise typer.Exit(1)
 

@@ -137,3 +137,33 @@ def print_tune(report: dict, saved_to) -> None:
                       f"HNSW width {best['expansion_search']}: recall@{report['k']} {best['recall']:.4f} at "
                       f"{best['qps']:,.0f} QPS" + (f"; [green]saved[/green] as the default of {saved_to}" if saved_to else
                                                  " (--save makes it the index default)"), highlight=False)
+
+
+def print_compare(report: dict, has_logits: bool) -> None:
+    """`compare`: each run's outputs against the reference run, where each ran, what was skipped,
+    what failed."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    ref = report["reference"]
+    table = Table(title=f"{report['inputs']['samples']} {report['inputs']['source']} samples, against "
+                        f"{ref['runtime']}:{ref['variant']}", box=box.SIMPLE_HEAD)
+    columns = ["runtime", "output", "max |d|", "mean |d|", "min cosine"] + (["top-1"] if has_logits else []) + ["ok"]
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True, min_width=3)
+    for run in report["runs"][1:]:
+        for name, stats in run["outputs"].items():
+            top1 = stats.get("top1_agreement")
+            cells = [f"{run['runtime']}:{run['variant']}", name, f"{stats['max_abs_diff']:.2e}",
+                     f"{stats['mean_abs_diff']:.2e}", f"{stats['min_cosine']:.8f}"]
+            cells += (["" if top1 is None else f"{top1:.3f}"] if has_logits else [])
+            table.add_row(*cells, "[green]yes[/green]" if stats["passed"] else "[red]NO[/red]")
+    console.print(table)
+    for run in report["runs"]:
+        console.print(f"  {run['runtime']}:{run['variant']} ran on {run['device']}", highlight=False)
+    for skip in report["skipped"]:
+        console.print(f"  [yellow]skipped[/yellow] {skip['runtime']}:{skip['variant']}: {escape(skip['reason'])}", highlight=False)
+    for run in report["runs"][1:]:
+        for failure in run["failures"]:
+            console.print(f"[red]past tolerance:[/red] {run['runtime']}:{run['variant']}: {failure}", highlight=False)
