@@ -74,6 +74,9 @@ class TensorrtRuntime(Runtime):
     def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None,
                  rebuild: Callable[..., Any] | None = None, device_index: int = 0):
         super().__init__(artifact, variant=variant, threads=threads)
+        if rebuild is not None and not callable(rebuild):
+            raise InputError("rebuild takes the function that rebuilds a stale engine "
+                             "(mrl_deploy.exporters.tensorrt.rebuild_engine), or None to refuse stale engines")
         self.rebuild = rebuild
         self.device_index = device_index
         self.engine = self.context = self.stream = None

@@ -234,6 +234,9 @@ def test_tensorrt_without_it_exits_2_naming_what_is_missing(artifacts, tmp_path)
     assert not (tmp_path / "engine").exists()
     with pytest.raises(RuntimeUnavailableError, match="TensorRT is not installed"):
         trt_runtime.require_tensorrt()
+    # the runtime takes the exporter's rebuild function (compare --rebuild passes it), never imports it
+    with pytest.raises(InputError, match="rebuild takes the function"):
+        create_runtime("tensorrt", artifacts["mlp-heads"], rebuild=True)
 
 
 @needs_torch
