@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
+from factories import sentence
 
 pytestmark = needs_torch
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mrl-deploy[ray]')")
@@ -37,14 +38,6 @@ from mrl_deploy.retrieval import exact_search  # noqa: E402
 from mrl_deploy.scale.embed import embed_corpus  # noqa: E402
 from mrl_deploy.scale.serve import build_application  # noqa: E402
 from mrl_deploy.sharded import ShardedIndex  # noqa: E402
-
-WORDS = ("matryoshka nested dolls embed coarse fine prefix truncate search index cascade head query "
-         "document server batch model vector cosine shortlist rerank edge device token").split()
-
-
-def sentence(rng, low=2, high=12):
-    return " ".join(rng.choice(WORDS, rng.integers(low, high)))
-
 
 # --- fixtures --------------------------------------------------------------------------------------
 

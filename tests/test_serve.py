@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
+from factories import WORDS, sentence
 
 pytestmark = needs_torch
 httpx = pytest.importorskip("httpx")
@@ -34,14 +35,6 @@ from mrl_deploy.retrieval import AdaptiveIndex  # noqa: E402
 from mrl_deploy.serve import Batcher, LocalBackend, Overloaded, create_app  # noqa: E402
 
 CLI = [sys.executable, "-m", "mrl_deploy.cli"]
-WORDS = ("matryoshka nested dolls embed coarse fine prefix truncate search index cascade head query "
-         "document server batch model vector cosine shortlist rerank edge device token").split()
-
-
-def sentence(rng, low=2, high=12):
-    return " ".join(rng.choice(WORDS, rng.integers(low, high)))
-
-
 # --- fixtures --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
