@@ -1027,16 +1027,11 @@ def peers_table(results):
 
 def update_readme(results, path=ROOT / "README.md"):
     """Replace the encoders blocks of benchmarks/README.md (between their marker comments)."""
-    text = path.read_text()
-    blocks = {"encoders:headline": "\n".join(headline_rows(results)),
-              "encoders:detail": "\n".join(detail_table(results)),
-              "encoders:peers": "\n".join(peers_table(results))}
-    for name, body in blocks.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-    path.write_text(text)
+    from retrieval import replace_blocks   # benchmarks/retrieval.py: the one block writer
+
+    replace_blocks({"encoders:headline": "\n".join(headline_rows(results)),
+                    "encoders:detail": "\n".join(detail_table(results)),
+                    "encoders:peers": "\n".join(peers_table(results))}, path)
 
 
 # --- main ------------------------------------------------------------------------------------
