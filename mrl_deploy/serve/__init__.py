@@ -5,9 +5,10 @@ uvicorn, the `serve` extra). Nothing outside this package imports it.
     app = create_app("artifacts/minilm", index=None, max_batch=64)
     run_server(app, "127.0.0.1", 8080)
 
-app.py: create_app (routes, middleware) and run_server; requests.py: request models and
-validation; api_errors.py: the error mapping; batcher.py: dynamic
-batching (Batcher, LocalBackend, run_batch: the backend seam); metrics.py: Prometheus metrics.
+app.py: create_app (the routes) and run_server; requests.py: request models and validation;
+api_errors.py: the error mapping; gate.py: the middleware (API key, body limit, metrics); state.py:
+ServerState; batcher.py: dynamic batching (Batcher, LocalBackend, run_batch: the backend seam);
+metrics.py: Prometheus metrics.
 """
 
 from .api_errors import ApiError

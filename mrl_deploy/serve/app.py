@@ -1,5 +1,6 @@
-"""The FastAPI app: the routes, the middleware and the server's state (request models and
-validation: requests.py; the OpenAI-style error mapping: api_errors.py).
+"""The FastAPI app: create_app and its routes, and run_server (request models and validation:
+requests.py; the OpenAI-style error mapping: api_errors.py; the middleware: gate.py; the app's
+state: state.py).
 
     app = create_app("artifacts/minilm", index=AdaptiveIndex.load("docs.index"))
     run_server(app, "127.0.0.1", 8080)              # what `mrl-deploy serve` does
@@ -19,12 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import logging
-import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,48 +36,20 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 
 from ..artifact import Artifact  # noqa: E402
-from .api_errors import ApiError, add_error_handlers, busy, error_response, too_large, too_large_message  # noqa: E402
+from .api_errors import ApiError, add_error_handlers, busy  # noqa: E402
 from .batcher import TOKENS, LocalBackend, Overloaded  # noqa: E402
+from .gate import Gate  # noqa: E402
 from .metrics import Metrics  # noqa: E402
 from .requests import (  # noqa: E402
     MAX_EXPANSION, MAX_K, Body, ClassifyRequest, EmbedRequest, EmbeddingsRequest, SearchRequest, body_schema,
     check_finite, parse_body, parse_inputs, parse_vectors,
 )
+from .state import ServerState  # noqa: E402
 
 log = logging.getLogger("mrl_deploy.serve")
 
-MODEL_PATHS = ("/v1/embeddings", "/embed", "/", "/v1/classify", "/v1/search")
 LARGE_BODY = 1 << 20          # bodies past 1 MiB are parsed in a worker thread, off the event loop
 LARGE_RESPONSE = 200_000      # numbers past which a response is serialised in a worker thread
-
-
-# --- the state of one app --------------------------------------------------------------------------
-
-@dataclass
-class ServerState:
-    artifact: Artifact
-    index: Any
-    backend: Any
-    metrics: Metrics
-    model_name: str
-    max_request_items: int
-    max_body_bytes: int
-    api_key: bytes | None
-    verify: bool                       # check the artifact's checksums while loading
-    settings: dict[str, Any]
-    ready: bool = False
-    draining: bool = False
-    error: str | None = None
-    runtime_info: dict[str, Any] = field(default_factory=dict)
-    arriving: int = 0                  # requests in a model route that have not reached the backend yet
-    on_fatal: Callable[[BaseException], None] | None = None
-
-    def load(self) -> dict[str, Any]:
-        if self.verify:
-            from ..manifest import verify_files
-
-            verify_files(self.artifact.path, self.artifact.manifest)
-        return self.backend.load()
 
 
 def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: Any = None,
@@ -134,7 +104,7 @@ def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: A
     app.state.mrl = state
     add_error_handlers(app)
     _add_routes(app, state)
-    app.add_middleware(_Gate, state=state)
+    app.add_middleware(Gate, state=state)
     return app
 
 
@@ -152,74 +122,6 @@ async def _load(state: ServerState) -> None:
     state.metrics.loaded.set(1)
     info = state.runtime_info
     log.info("ready: %s on %s (%s)", state.model_name, info.get("runtime", "?"), info.get("device", "?"))
-
-
-# --- middleware: auth, body limit, metrics -----------------------------------------------------------
-
-class _Gate:
-    """Pure ASGI (cheaper than BaseHTTPMiddleware): times every request for /metrics, counts the
-    model requests on their way to the batcher (its `arriving` hint), refuses requests without
-    the API key (401) and bodies past the limit (413) before they are read."""
-
-    def __init__(self, app: Any, state: ServerState):
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state, path, started, status = self.state, scope["path"], time.perf_counter(), [500]
-
-        async def send_and_see(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        if path in MODEL_PATHS:
-            scope["mrl.arriving"] = True
-            state.arriving += 1
-        try:
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send_and_see)
-                return
-            await self.app(scope, self._limited(receive), send_and_see)
-        finally:
-            if scope.pop("mrl.arriving", False):
-                state.arriving -= 1
-            state.metrics.observe_request(path, status[0], time.perf_counter() - started)
-
-    def _refusal(self, scope: dict) -> Response | None:
-        state = self.state
-        headers = dict(scope.get("headers") or [])
-        if state.api_key is not None and scope["path"] != "/health":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + state.api_key):
-                return error_response(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                return error_response(400, "Content-Length is not a number", code="invalid_request")
-            if size > state.max_body_bytes:
-                return too_large(state.max_body_bytes)
-        return None
-
-    def _limited(self, receive: Callable) -> Callable:
-        limit, seen = self.state.max_body_bytes, [0]
-
-        async def receive_limited() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > limit:
-                    raise ApiError(413, too_large_message(limit), code="body_too_large")
-            return message
-
-        return receive_limited
 
 
 # --- routes ------------------------------------------------------------------------------------------
