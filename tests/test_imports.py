@@ -6,12 +6,15 @@ The graph is read from the source with `ast`, so every import counts: top-level 
 inside functions, `import a.b`, `from a import b`, relative ones. An edge goes to the module an
 import statement names: `from mrl_deploy.x import f` -> mrl_deploy.x, `from . import y` ->
 the module y when y is one (else the package, whose attribute y is), `import mrl_deploy.x.y` ->
-mrl_deploy.x.y; a package counts as its __init__. The parents Python imports on the way (a
-package's __init__ before its modules) are not edges: every module has them."""
+mrl_deploy.x.y; a package counts as its __init__. A "mrl_deploy.x:attr" string (what
+importlib.import_module is given, as runtimes.RUNTIMES does) is an edge to mrl_deploy.x too. The
+parents Python imports on the way (a package's __init__ before its modules) are not edges: every
+module has them."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +55,10 @@ def imported_names(path: Path, module: str, is_package: bool) -> list[tuple[str,
                 origin = node.module
             for alias in node.names:
                 found.append((f"{origin}.{alias.name}" if alias.name != "*" else origin, node.lineno))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            spec = re.fullmatch(r"(mrl_deploy(?:\.\w+)+):\w+", node.value)
+            if spec:   # a module named for importlib
+                found.append((spec.group(1), node.lineno))
     return found
 
 
@@ -112,6 +119,7 @@ def test_the_graph_sees_every_kind_of_import():
     assert "mrl_deploy.runtimes" in graph["mrl_deploy.artifact"]        # inside a method, a package
     assert "mrl_deploy.artifact" in graph["mrl_deploy.cli.models"]      # inside a command
     assert "mrl_deploy.runtimes.base" in graph["mrl_deploy.runtimes.ort"]
+    assert "mrl_deploy.runtimes.ort" in graph["mrl_deploy.runtimes"]       # "module:attr" for importlib
     assert find_cycle({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": 1}, "b": {}, "c": {"a": 1, "b": 1}}) is None
 
