@@ -1,6 +1,6 @@
 """What a model source is, once loaded: `SourceModel` (the module, its inputs and heads, what the
 manifest records) and `InputSpec`. A leaf: the loaders of every source kind (sources.py's
-dispatch, resnet.py, train.py's checkpoints, text_source.py, factory_source.py) build these, and
+dispatch, resnet.py, checkpoint.py, text_source.py, factory_source.py) build these, and
 the exporter and the torch runtime read them; it imports none of them."""
 
 from __future__ import annotations
