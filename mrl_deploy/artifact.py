@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .dims import renormalize
 from .errors import ArtifactError, InputError, MRLDeployError, check_number, require
 from .manifest import read_manifest, verify_files
 from .tokenization import encode, load_tokenizer, overflowing
@@ -248,13 +249,6 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, dims={self.exported_dims}, source={self.manifest['source']['kind']})"
-
-
-def renormalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, eps)
 
 
 def load_inputs(path: str | Path, artifact: Artifact | None = None) -> Any:

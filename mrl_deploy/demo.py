@@ -235,7 +235,7 @@ def _adaptive_index():
 
 
 def _search(corpus: np.ndarray, queries: np.ndarray, dim: int) -> tuple[np.ndarray, float]:
-    from .artifact import renormalize
+    from .dims import renormalize
 
     begun = time.perf_counter()
     scores = renormalize(queries[:, :dim]) @ renormalize(corpus[:, :dim]).T
@@ -244,7 +244,7 @@ def _search(corpus: np.ndarray, queries: np.ndarray, dim: int) -> tuple[np.ndarr
 
 
 def _adaptive_numpy(corpus, queries, shortlist_dim: int, rerank_dim: int) -> tuple[np.ndarray, float]:
-    from .artifact import renormalize
+    from .dims import renormalize
 
     begun = time.perf_counter()
     shortlist = _top_k(renormalize(queries[:, :shortlist_dim]) @ renormalize(corpus[:, :shortlist_dim]).T, SHORTLIST)

@@ -72,7 +72,7 @@ def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECAL
     `adaptive` (exhaustive shortlist of `shortlist_size` at Ds=d, rerank at the full dim: the
     FLOPs model N*Ds + k*Dr exactly) and, with `use_index`, `adaptive_hnsw` (AdaptiveIndex: usearch
     HNSW shortlist, the deployed path)."""
-    from .artifact import renormalize
+    from .dims import renormalize
 
     vectors = np.asarray(vectors, dtype=np.float32)
     count, full = vectors.shape

@@ -216,7 +216,7 @@ def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_cl
     import torch
     import torch.nn.functional as F
 
-    from .artifact import renormalize
+    from .dims import renormalize
 
     train, evaluate = renormalize(train), renormalize(evaluate)   # float32 already (embed, encode_texts)
     mean, std = train.mean(0), train.std(0) + 1e-6
