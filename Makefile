@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The pinned CPU wheel first: a bare `torch` would pull a CUDA build of several GB.
 	$(PY) -m pip install -q torch==2.13.0
+	# torchvision 0.28 (made for torch 2.13) is the tests' independent ResNet-50 reference only: a
+	# CUDA build, which would break transformers' imports from site-packages (tests/test_resnet.py).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/torchvision-reference torchvision==0.28.0
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 

@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="random calibration/test re-splits of the validation part")
     parser.add_argument("--out", default=str(RESULTS / "cascade.json"), help="JSON result path (the PNG goes beside it)")
     args = parser.parse_args()
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     given = dict(a.split("=", 1) for a in args.artifact)
     machine = machine_info()

@@ -26,7 +26,7 @@ fp32 exported with --no-optimize), at batch 1 and 32, 16 and 128 tokens (texts o
 many tokens: no padding), truncate_dim=64 / --dim 64 and the full dim. sentence-transformers'
 ONNX backend needs a transformers older than the project's, so the peers live in a venv of their
 own (benchmarks/.cache/st-peer-venv, created once with pip) and run in a worker process
-(benchmarks/st_peer.py) that times itself with the same mrl_deploy.bench.time_calls and settings,
+(benchmarks/st_peer.py) that times itself with the same mrl_deploy.timing.time_calls and settings,
 taking its turn in the same rounds, pinned to the same threads (torch.set_num_threads,
 intra_op_num_threads, inter_op_num_threads=1 for every ONNX Runtime session). Also: the cosine of
 every runner to st torch on 64 BBC articles, and cold starts (a fresh process per run, taking
@@ -179,7 +179,7 @@ def ort_models(artifact, failures):
 
 def torch_module(artifact, source):
     """The exported module itself, in eager PyTorch (what `torch` runs before any export)."""
-    from mrl_deploy.exporters.onnx import MRLExportModule
+    from mrl_deploy.graph import MRLExportModule
     from mrl_deploy.sources import load_source
 
     options = dict(artifact.manifest["source"].get("options") or {})
@@ -240,8 +240,8 @@ def runners(artifact, module, threads, feed, models):
 
 
 def local_timer(fn):
-    """A timer for time_interleaved: `fn` timed in this process with mrl_deploy.bench.time_calls."""
-    from mrl_deploy.bench import time_calls
+    """A timer for time_interleaved: `fn` timed in this process with mrl_deploy.timing.time_calls."""
+    from mrl_deploy.timing import time_calls
 
     return lambda duration, warmup: time_calls(fn, duration, warmup=warmup, warmup_runs=2, min_runs=3)
 
@@ -298,7 +298,8 @@ def variant_quality(artifact, module, inputs, models):
 def bench_model(name, threads_list, batches, duration, rounds, say, seq_lens=TEXT_SEQ_LENS):
     import torch
 
-    from mrl_deploy.bench import bench_feed, latency_stats, throughput
+    from mrl_deploy.bench import bench_feed
+    from mrl_deploy.timing import latency_stats, throughput
 
     artifact, source, failures = MODELS[name](say)
     module = torch_module(artifact, source)
@@ -493,7 +494,7 @@ class PeerWorker:
 def texts_of_length(artifact, seq_len, count):
     """`count` different texts of exactly `seq_len` tokens each ([CLS] and [SEP] included), so
     a batch has no padding: words of the sample texts, each added if the text stays that short."""
-    from mrl_deploy.sources import SAMPLE_TEXTS
+    from mrl_deploy.feeds import SAMPLE_TEXTS
 
     limit = int(artifact.manifest["preprocessing"]["max_seq_length"])
     if not 3 <= seq_len <= limit:
@@ -592,7 +593,7 @@ def bench_peers(threads_list, batches, seq_lens, dims, duration, rounds, cold_re
     torch, its ONNX backend and (where the installed version has them) its O3-optimized and
     dynamic int8 ONNX exports: all interleaved round by round in one run, end to end from texts
     to embeddings, at each thread count, batch, length and dim."""
-    from mrl_deploy.bench import latency_stats, throughput
+    from mrl_deploy.timing import latency_stats, throughput
 
     artifact, _, _ = prepare_minilm(say)
     plain, _, _ = prepare_minilm_plain(say)
@@ -687,7 +688,7 @@ def gemm_floor(plain_artifact, threads, seq_len):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mrl_deploy.bench import time_calls
+    from mrl_deploy.timing import time_calls
 
     model = onnx.load(str(plain_artifact.model_file("fp32")))
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
@@ -793,7 +794,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from mrl_deploy.bench import machine_name
+    from mrl_deploy.machine import machine_name
 
     models = results["models"]
     peers = results.get("peers")
@@ -906,7 +907,7 @@ def sgemm_roofline(threads_list):
     per thread count: the ceiling for any runtime on GEMM-bound encoders."""
     import torch
 
-    from mrl_deploy.bench import time_calls
+    from mrl_deploy.timing import time_calls
 
     a, b = torch.randn(128, 384), torch.randn(384, 1536)
     out = {}
@@ -1026,16 +1027,11 @@ def peers_table(results):
 
 def update_readme(results, path=ROOT / "README.md"):
     """Replace the encoders blocks of benchmarks/README.md (between their marker comments)."""
-    text = path.read_text()
-    blocks = {"encoders:headline": "\n".join(headline_rows(results)),
-              "encoders:detail": "\n".join(detail_table(results)),
-              "encoders:peers": "\n".join(peers_table(results))}
-    for name, body in blocks.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1]
-    path.write_text(text)
+    from retrieval import replace_blocks   # benchmarks/retrieval.py: the one block writer
+
+    replace_blocks({"encoders:headline": "\n".join(headline_rows(results)),
+                    "encoders:detail": "\n".join(detail_table(results)),
+                    "encoders:peers": "\n".join(peers_table(results))}, path)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -1069,7 +1065,7 @@ def main(argv=None):
         args.out, args.update_readme = str(CACHE / "encoders_quick"), False
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     def say(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -462,7 +462,8 @@ def _checkpoint(dataset: str) -> Path:
 
 def digits_vectors():
     from mrl_deploy.data import load_dataset
-    from mrl_deploy.train import embed, load_checkpoint
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.train import embed
 
     net, meta = load_checkpoint(_checkpoint("digits"))
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
@@ -473,7 +474,9 @@ def digits_vectors():
 
 def bbc_vectors():
     from mrl_deploy.data import bbc_news_dir, load_dataset
-    from mrl_deploy.train import embed, encode_texts, load_checkpoint
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.encoder_cache import encode_texts
+    from mrl_deploy.train import embed
 
     path = _checkpoint("bbc-news")
     net, meta = load_checkpoint(path)
@@ -637,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
                         "benchmarks/README.md from the results (only the 1M run's)")
     args = parser.parse_args(argv)
 
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     names = [n.strip() for n in args.corpora.split(",") if n.strip()]
     unknown = [n for n in names if n not in CORPORA]

@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                         "benchmarks/README.md from the results")
     args = parser.parse_args(argv)
 
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     funnels = FUNNELS

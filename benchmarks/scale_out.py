@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.articles, args.size, args.queries = 64, 20_000, 200
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     import onnxruntime  # noqa: F401  (before usearch: see mrl_deploy.retrieval._usearch)
 

@@ -104,7 +104,7 @@ def request_bodies(inputs):
 
 def in_process(artifact, inputs, runtime, threads, duration, say):
     """Artifact.encode at each batch size: per-call latency and items/s."""
-    from mrl_deploy.bench import latency_stats, time_calls
+    from mrl_deploy.timing import latency_stats, time_calls
 
     out = {}
     for batch in BATCHES:
@@ -219,7 +219,7 @@ def batch_counters(port):
 
 
 def serve_runs(artifact, inputs, runtime, threads, concurrencies, duration, say, log):
-    from mrl_deploy.bench import latency_stats
+    from mrl_deploy.timing import latency_stats
 
     bodies = request_bodies(inputs)
     out = {}
@@ -298,7 +298,7 @@ def main(argv=None):
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
-    from mrl_deploy.bench import machine_info
+    from mrl_deploy.machine import machine_info
 
     CACHE.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine_info(), "settings": {

@@ -12,7 +12,7 @@ Requests, one JSON object per line on stdin; one JSON reply per line on stdout:
                           where missing; reply: the runners and versions
   {"op": "tokens", "texts": [...]}                 token count of each text (this venv's tokenizer)
   {"op": "time", "runner": R, "texts": [...], "dim": 64 | null, "duration": s, "warmup": s}
-                          encode(texts) timed with mrl_deploy.bench.time_calls, the same timer
+                          encode(texts) timed with mrl_deploy.timing.time_calls, the same timer
                           encoders.py uses for its own runners; reply: {"samples": [seconds, ...]}
   {"op": "embed", "runner": R, "texts": [...], "dim": d, "out": PATH}   embeddings to PATH (.npy)
   {"op": "quit"}
@@ -140,7 +140,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # mrl_deploy.bench: the timer encoders.py uses (numpy only)
     import numpy as np
 
-    from mrl_deploy.bench import time_calls
+    from mrl_deploy.timing import time_calls
 
     peers = Peers(Path(args.model), args.threads)
     for line in sys.stdin:

@@ -40,7 +40,8 @@ METHODS = ("mrl", "mrl_e", "fixed_feature", "baseline_truncated", "baseline_prob
 
 def run_dataset(name: str, seeds: list[int], workdir: Path, log) -> dict:
     from mrl_deploy.data import load_dataset, split_dataset
-    from mrl_deploy.train import accuracy_per_dim, encode_texts, train, _train_one
+    from mrl_deploy.encoder_cache import encode_texts
+    from mrl_deploy.train import accuracy_per_dim, train, _train_one
 
     data = load_dataset(name)
     per_seed = []
@@ -141,14 +142,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         report = json.loads(args.out.read_text())
-        from mrl_deploy.bench import machine_name
+        from mrl_deploy.machine import machine_name
 
         for result in report["results"]:
             print_table(result)
         print(f"wrote {plot(report['results'], machine_name(report['machine']), args.out.with_suffix('.png'))}")
         return
 
-    from mrl_deploy.bench import machine_info, machine_name
+    from mrl_deploy.machine import machine_info, machine_name
 
     machine = machine_info()
     seeds = [int(s) for s in args.seeds.split(",")]

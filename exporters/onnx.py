@@ -20,73 +20,21 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import __version__
+from ..comparison import TOLERANCE, check_output, compare_arrays
 from ..dims import check_dims, format_nesting_dims
 from ..errors import DimsError, SourceError, VerificationError, check_number, require
+from ..graph import MRLExportModule, plan_outputs
 from ..manifest import FORMAT_VERSION, MANIFEST_NAME, record_files, staged_directory, write_json_atomic
-from ..sources import SourceModel, load_source, source_sha256
+from ..source_model import SourceModel
+from ..sources import load_source, source_sha256
+from ..version import __version__
 
 DEFAULT_OPSET = 20
 PRECISIONS = ("fp32", "fp16", "int8")
-# fp32 must match PyTorch to these; fp16 and int8 are edge variants with looser bounds.
-TOLERANCE = {
-    "fp32": {"min_cosine": 0.99999, "max_abs_diff": 1e-4},
-    "fp16": {"min_cosine": 0.999},
-    "int8": {"min_cosine": 0.99, "top1_agreement": 0.99},
-}
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 VERIFY_BATCH = 4
 SAMPLE_ROWS = 64   # rows of --sample in each part (calibration, held-out) of the verification inputs
 FLOPS_SEQUENCE_LENGTH = 128
-
-
-def plan_outputs(source: SourceModel, dims: Sequence[int]) -> list[dict[str, Any]]:
-    """The graph's outputs, in order: embedding_{m} for every dim, then logits_{m} where a head exists."""
-    outputs = [{"name": f"embedding_{m}", "kind": "embedding", "dim": m} for m in dims]
-    outputs += [
-        {"name": f"logits_{m}", "kind": "logits", "dim": m, "classes": source.num_classes}
-        for m in source.logit_dims(list(dims))
-    ]
-    return outputs
-
-
-def _build_module_class():
-    import torch
-    import torch.nn.functional as F
-
-    class MRLExportModule(torch.nn.Module):
-        """Wraps a source model: z -> [pre-truncation] -> z[:, :m] / ||z[:, :m]|| for each chosen
-        m (sliced by Python ints, fixed at export time), plus the heads' logits."""
-
-        def __init__(self, source: SourceModel, dims: Sequence[int]):
-            super().__init__()
-            self.model = source.module
-            self.shared_head = source.shared_head
-            self.full_dim = source.full_dim
-            self.pre_truncation = source.pre_truncation
-            self.head_index = {m: i for i, m in enumerate(source.head_dims)}
-            self.plan = [(o["kind"], o["dim"]) for o in plan_outputs(source, dims)]
-
-        def forward(self, *inputs):
-            out = self.model(*inputs)
-            z, logits = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-            prefix_source = F.layer_norm(z, (self.full_dim,)) if self.pre_truncation == "layer_norm" else z
-            results = []
-            for kind, m in self.plan:
-                if kind == "embedding":
-                    results.append(F.normalize(prefix_source[:, :m], p=2.0, dim=-1))
-                elif self.shared_head is not None:  # MRL-E: the first m columns of one shared head
-                    results.append(F.linear(z[:, :m], self.shared_head.weight[:, :m], self.shared_head.bias))
-                else:
-                    results.append(logits[self.head_index[m]])
-            return tuple(results)
-
-    return MRLExportModule
-
-
-def MRLExportModule(source: SourceModel, dims: Sequence[int]):
-    """Construct the export wrapper (an nn.Module; torch is imported only here)."""
-    return _build_module_class()(source, dims).eval()
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -179,7 +127,8 @@ def export(
             shutil.copyfile(model.tokenizer_file, stage / "tokenizer.json")
         manifest = _manifest(model, chosen, outputs, models, opset, _flops(model, module, chosen))
         if format == "tensorrt":
-            from .tensorrt import DEFAULT_MAX_BATCH, ENGINE_KEYS, build_engine
+            from ..engines import ENGINE_KEYS
+            from .tensorrt import DEFAULT_MAX_BATCH, build_engine
 
             engine = "fp16" if "fp16" in precision else "fp32"
             manifest["models"][ENGINE_KEYS[engine]] = build_engine(
@@ -304,7 +253,7 @@ def _split_sample(model: SourceModel, sample: Any) -> tuple[dict[str, np.ndarray
     if isinstance(sample, (list, tuple)) and sample and isinstance(sample[0], str):
         if model.tokenizer_file is None:
             raise InputError("--sample holds texts but the model takes tensors")
-        from ..sources import tokenize_texts
+        from ..source_model import tokenize_texts
 
         texts = list(dict.fromkeys(sample))
         order = rng.permutation(len(texts))
@@ -411,22 +360,6 @@ def _make_variant(variant: str, fp32_path: Path, path: Path, feeds: list[dict[st
     return precision_mod.make_int8(fp32_path, path, sample=feeds) or {}
 
 
-def compare_outputs(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
-    """max / mean abs diff and the minimum row-wise cosine between two batches of outputs."""
-    actual = np.asarray(actual, dtype=np.float64).reshape(len(actual), -1)
-    expected = np.asarray(expected, dtype=np.float64).reshape(len(expected), -1)
-    diff = np.abs(actual - expected)
-    dot = np.sum(actual * expected, axis=1)
-    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
-    cosine = np.where(norms > 0, dot / np.maximum(norms, 1e-300), 1.0)
-    return {
-        "max_abs_diff": float(diff.max(initial=0.0)),
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "min_cosine": float(cosine.min(initial=1.0)),
-        "max_abs_reference": float(np.abs(expected).max(initial=0.0)),
-    }
-
-
 def verify_variant(path: Path, variant: str, feeds, references, outputs, enforce: bool = True) -> dict[str, dict[str, float]]:
     """Run the ONNX file with ORT CPU on every feed and compare each output with PyTorch;
     VerificationError past the variant's bounds (unless enforce=False: measure only)."""
@@ -440,31 +373,15 @@ def verify_variant(path: Path, variant: str, feeds, references, outputs, enforce
         name = output["name"]
         got = np.concatenate([a[name] for a in actual]).astype(np.float32)
         want = np.concatenate([r[name] for r in references])
-        stats = compare_outputs(got, want)
-        if output["kind"] == "logits":
-            stats["top1_agreement"] = float(np.mean(got.argmax(1) == want.argmax(1)))
-        report[name] = stats
+        report[name] = compare_arrays(got, want, kind=output["kind"])
     if enforce:
-        _enforce(variant, report, path)
+        # fp32 and fp16 against PyTorch with their bounds; int8 also with top-1 agreement
+        failures = [f for output in outputs
+                    for f in check_output(output["name"], output["kind"], report[output["name"]], TOLERANCE[variant])]
+        if failures:
+            where = " on held-out inputs (calibration never saw them)" if variant == "int8" else ""
+            raise VerificationError(f"{variant} graph does not match PyTorch{where}: {'; '.join(failures[:3])}")
     return report
-
-
-def _enforce(variant: str, report: dict[str, dict[str, float]], path: Path) -> None:
-    bounds = TOLERANCE[variant]
-    failures = []
-    for name, stats in report.items():
-        if stats["min_cosine"] < bounds["min_cosine"]:
-            failures.append(f"{name} min cosine {stats['min_cosine']:.6f} < {bounds['min_cosine']}")
-        if "max_abs_diff" in bounds:
-            # logits are not normalised: the bound scales with their magnitude
-            scale = 1.0 if name.startswith("embedding_") else max(1.0, stats["max_abs_reference"])
-            if stats["max_abs_diff"] > bounds["max_abs_diff"] * scale:
-                failures.append(f"{name} max abs diff {stats['max_abs_diff']:.2e} > {bounds['max_abs_diff'] * scale:.1e}")
-        if "top1_agreement" in bounds and "top1_agreement" in stats and stats["top1_agreement"] < bounds["top1_agreement"]:
-            failures.append(f"{name} top-1 agreement {stats['top1_agreement']:.3f} < {bounds['top1_agreement']}")
-    if failures:
-        where = " on held-out inputs (calibration never saw them)" if variant == "int8" else ""
-        raise VerificationError(f"{variant} graph does not match PyTorch{where}: {'; '.join(failures[:3])}")
 
 
 def _summary(report: dict[str, dict[str, float]]) -> str:

@@ -20,11 +20,13 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..comparison import compare_arrays
 from ..errors import ArtifactError, MRLDeployError, VerificationError, require
+from ..manifest import atomic_path
 
 # Kept in fp32 in the fp16 variant. Norms square their input: the sum of squares leaves fp16's
 # range (65504) once the vector's norm passes 256, which unnormalised embeddings reach. ORT CPU
@@ -106,20 +108,6 @@ def int8_op_types(model_or_path: Any) -> list[str]:
     return chosen + [op for op in INT8_ATTENTION_OPS if counts[op]]
 
 
-def _atomic_save(model, dst: Path) -> None:
-    """Write dst through a temporary file in the same directory: no half-written graph on failure."""
-    onnx = require("onnx", "export", "building precision variants")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _io_dtypes(model) -> dict[str, int]:
     return {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
 
@@ -148,7 +136,9 @@ def make_fp16(src: str | os.PathLike, dst: str | os.PathLike, *,
         raise MRLDeployError(f"fp16 conversion of {src} failed: {str(exc).splitlines()[0][:300]}") from None
     if _io_dtypes(converted) != io_dtypes:  # the interface promise callers rely on
         raise MRLDeployError(f"fp16 conversion of {src} changed the input/output dtypes")
-    _atomic_save(converted, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(converted, str(tmp))
 
     kept = {op: counts[op] for op in block if counts[op]}
     dtypes = Counter(t.data_type for t in converted.graph.initializer)
@@ -200,16 +190,13 @@ def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.nd
 
 
 def agreement(actual: dict[str, list[np.ndarray]], expected: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    """Worst row-wise cosine over all outputs, and worst top-1 agreement over `logits*` outputs."""
-    worst_cos, worst_top1 = 1.0, 1.0
-    for name, chunks in expected.items():
-        want, got = np.concatenate(chunks), np.concatenate(actual[name])
-        norms = np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1)
-        cosine = np.where(norms > 0, np.sum(want * got, axis=1) / np.maximum(norms, 1e-300), 1.0)
-        worst_cos = min(worst_cos, float(cosine.min(initial=1.0)))
-        if name.startswith("logits") and want.shape[1] > 1:
-            worst_top1 = min(worst_top1, float(np.mean(want.argmax(1) == got.argmax(1))))
-    return {"min_cosine": worst_cos, "top1_agreement": worst_top1}
+    """Worst row-wise cosine over all outputs, and worst top-1 agreement over `logits*` outputs
+    (mrl_deploy.comparison's statistics; NaN propagates, so it never passes a bound)."""
+    stats = [compare_arrays(np.concatenate(actual[name]), np.concatenate(chunks),
+                            kind="logits" if name.startswith("logits") else "embedding")
+             for name, chunks in expected.items()]
+    return {"min_cosine": float(np.min([s["min_cosine"] for s in stats] + [1.0])),
+            "top1_agreement": float(np.min([s["top1_agreement"] for s in stats if "top1_agreement" in s] + [1.0]))}
 
 
 def _quantizable_nodes(model, op_types: list[str]) -> list[Any]:
@@ -220,36 +207,44 @@ def _quantizable_nodes(model, op_types: list[str]) -> list[Any]:
             and len(n.input) > 1 and n.input[1] in constants and n.name]
 
 
+def tensor_values(path: str | os.PathLike, names: list[str], feeds: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Per feed, the values of the named tensors of the graph at `path` (graph inputs or any node's
+    output): a copy of the graph that also outputs them is run on ONNX Runtime CPU (written
+    beside `path` while it runs, then deleted)."""
+    onnx = require("onnx", "export", "building precision variants")
+    path = Path(path)
+    model = _load(path)
+    graph_inputs = {i.name for i in model.graph.input}
+    present = {o.name for o in model.graph.output}
+    computed = [name for name in dict.fromkeys(names) if name not in graph_inputs]
+    for name in computed:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    probe = path.parent / f".probe.{path.name}"
+    onnx.save_model(model, str(probe))
+    try:
+        session = _session(probe)
+        for feed in feeds:
+            values = dict(zip(computed, session.run(computed, feed))) if computed else {}
+            yield {name: feed[name] if name in graph_inputs else values[name] for name in names}
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def rank_by_activation_range(path: str | os.PathLike, feeds: list[dict[str, np.ndarray]], op_types: list[str]) -> list[tuple[str, float]]:
     """Quantizable nodes, worst first, by (max - min) / rms of their activation input on `feeds`.
 
     Dynamic quantization maps each activation tensor's [min, max] onto 256 uint8 steps, so its
     error relative to the signal grows with this ratio: outlier features (e.g. the input of a
     transformer's FFN down-projection) make it large, and those nodes lose the most accuracy."""
-    onnx = require("onnx", "export", "building precision variants")
-    path = Path(path)
-    model = _load(path)
-    nodes = _quantizable_nodes(model, op_types)
-    graph_inputs = {i.name for i in model.graph.input}
-    present = {o.name for o in model.graph.output}
-    for name in dict.fromkeys(n.input[0] for n in nodes):
-        if name not in graph_inputs and name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    probe = path.parent / f".probe.{path.name}"
-    onnx.save_model(model, str(probe))
-    try:
-        session = _session(probe)
-        ratio: dict[str, float] = {}
-        for feed in feeds:
-            names = [n.input[0] for n in nodes if n.input[0] not in graph_inputs]
-            values = dict(zip(names, session.run(names, feed)))
-            for node in nodes:
-                x = np.asarray(feed.get(node.input[0], values.get(node.input[0])), dtype=np.float64)
-                rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-                spread = max(float(x.max(initial=0.0)), 0.0) - min(float(x.min(initial=0.0)), 0.0)
-                ratio[node.name] = max(ratio.get(node.name, 0.0), spread / rms if rms > 0 else 0.0)
-    finally:
-        probe.unlink(missing_ok=True)
+    nodes = _quantizable_nodes(_load(path), op_types)
+    ratio: dict[str, float] = {}
+    for values in tensor_values(path, [n.input[0] for n in nodes], feeds):
+        for node in nodes:
+            x = np.asarray(values[node.input[0]], dtype=np.float64)
+            rms = float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+            spread = max(float(x.max(initial=0.0)), 0.0) - min(float(x.min(initial=0.0)), 0.0)
+            ratio[node.name] = max(ratio.get(node.name, 0.0), spread / rms if rms > 0 else 0.0)
     return sorted(ratio.items(), key=lambda item: -item[1])
 
 

@@ -31,12 +31,12 @@ Needs onnx and onnxruntime; no torch.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import require
+from .precision import tensor_values
 
 SMOOTHING_ALPHA = 0.8
 SCALE_RANGE = (1e-4, 1e4)   # bounds on s_k: a channel whose weights are all zero gets s_k = max|X_k| ** alpha / 1e-5 ** (1 - alpha)
@@ -61,31 +61,12 @@ def _weight_groups(model) -> dict[str, list[Any]]:
 
 def channel_maxima(path: str | os.PathLike, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """max |x| per channel (the last axis) of each named tensor over every feed."""
-    onnx = require("onnx", "export", "smoothing activations")
-    from ..runtimes.ort import create_session
-
-    path = Path(path)
-    model = onnx.load(str(path))
-    graph_inputs = {i.name for i in model.graph.input}
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in graph_inputs and name not in present:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    probe = path.parent / f".probe.smooth.{path.name}"
-    onnx.save_model(model, str(probe))
     maxima: dict[str, np.ndarray] = {}
-    try:
-        session = create_session(probe, ["CPUExecutionProvider"])
-        computed = [n for n in names if n not in graph_inputs]
-        for feed in feeds:
-            values = dict(zip(computed, session.run(computed, feed)))
-            values.update({n: feed[n] for n in names if n in graph_inputs})
-            for name in names:
-                value = np.abs(np.asarray(values[name], dtype=np.float32))
-                value = value.reshape(-1, value.shape[-1]).max(axis=0)
-                maxima[name] = np.maximum(maxima[name], value) if name in maxima else value
-    finally:
-        probe.unlink(missing_ok=True)
+    for values in tensor_values(path, names, feeds):
+        for name in names:
+            value = np.abs(np.asarray(values[name], dtype=np.float32))
+            value = value.reshape(-1, value.shape[-1]).max(axis=0)
+            maxima[name] = np.maximum(maxima[name], value) if name in maxima else value
     return maxima
 
 

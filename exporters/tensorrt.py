@@ -24,14 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError
-from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_json_atomic
-from ..runtimes.tensorrt import (
-    ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, gpu_from_torch, parse_version,
-    require_cuda_torch, require_tensorrt,
-)
+from ..engines import ENGINE_FILES, ENGINE_KEYS, TIMING_CACHE_FILE, check_version, engine_entry, parse_version
+from ..errors import InputError, MRLDeployError, RuntimeUnavailableError, VerificationError, check_number
+from ..manifest import MANIFEST_NAME, read_manifest, record_files, write_bytes_atomic, write_json_atomic
+from ..runtimes.tensorrt import gpu_from_torch, require_cuda_torch, require_tensorrt
 
 DEFAULT_WORKSPACE_GB = 4.0
 DEFAULT_MAX_BATCH = 64
@@ -86,8 +82,7 @@ def profile_shapes(inputs: list[dict[str, Any]], max_batch: int, *, opt_batch: i
     """Optimization profile per input: batch 1..max_batch (opt: `opt_batch`, default max_batch,
     where throughput matters), a "sequence" axis 1..max_seq_length (opt: 128 tokens, capped),
     fixed axes as they are. Axis names come from the manifest's input shapes."""
-    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-        raise InputError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    check_number(max_batch, "--max-batch", 1, integer=True)
     opt_batch = max_batch if opt_batch is None else opt_batch
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"the profile's opt batch {opt_batch} must be within 1..{max_batch}")
@@ -112,8 +107,7 @@ def profile_shapes(inputs: list[dict[str, Any]], max_batch: int, *, opt_batch: i
 def engine_settings(manifest: dict[str, Any], precision: str, max_batch: int, workspace_gb: float,
                     version: str, opt_batch: int | None = None) -> dict[str, Any]:
     """Everything a build of this artifact needs, decided before TensorRT is touched."""
-    if workspace_gb is None or workspace_gb <= 0:
-        raise InputError(f"the workspace limit must be positive, got {workspace_gb!r} GB")
+    check_number(workspace_gb, "the workspace limit (GB)", 0, low_open=True)
     plan = build_plan(version, precision)
     max_len = (manifest.get("preprocessing") or {}).get("max_seq_length")
     plan.update(
@@ -206,7 +200,7 @@ def build_engine(artifact_dir: str | os.PathLike, manifest: dict[str, Any], prec
     }
     # The engine is verified under a temporary name and moved into place only if it passes:
     # a failed build or verification leaves the artifact as it was.
-    staged = _write_atomic(directory / f".{settings['file']}.staged", plan_bytes)
+    staged = write_bytes_atomic(directory / f".{settings['file']}.staged", plan_bytes)
     try:
         say(f"built in {entry['build_seconds']:.1f} s; verifying against ONNX Runtime CPU")
         entry["verification"], entry["device_memory_bytes"] = verify_engine(
@@ -214,7 +208,7 @@ def build_engine(artifact_dir: str | os.PathLike, manifest: dict[str, Any], prec
         os.replace(staged, directory / settings["file"])
     finally:
         staged.unlink(missing_ok=True)
-    _write_atomic(directory / TIMING_CACHE_FILE, cache_bytes)
+    write_bytes_atomic(directory / TIMING_CACHE_FILE, cache_bytes)
     return entry
 
 
@@ -255,11 +249,12 @@ def verify_engine(directory: Path, manifest: dict[str, Any], precision: str,
     the device memory an execution context of the engine needs (device_memory_size_v2)."""
     from ..artifact import Artifact
     from ..runtimes import create_runtime
-    from ..runtimes.compare import check_output, compare_arrays, random_feed, tolerance_for
+    from ..comparison import check_output, compare_arrays, tolerance_for
+    from ..feeds import artifact_feed
 
     staged = dict(manifest, models={**manifest["models"], ENGINE_KEYS[precision]: entry})
     artifact = Artifact(directory, staged)
-    feed = random_feed(artifact, batch=min(VERIFY_BATCH, entry["max_batch"]), seed=0)
+    feed = artifact_feed(artifact, batch=min(VERIFY_BATCH, entry["max_batch"]), seed=0)
     with create_runtime("ort-cpu", artifact, variant="fp32") as reference:
         expected = reference.infer(feed)
     with create_runtime("tensorrt", artifact, variant=precision) as engine:
@@ -304,21 +299,6 @@ def rebuild_engine(artifact: Any, variant: str = "fp32", progress: Callable[[str
 
 def _read(path: Path) -> bytes:
     return path.read_bytes() if path.is_file() else b""
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 __all__ = [

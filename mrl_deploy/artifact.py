@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError, MRLDeployError, require
+from .dims import renormalize
+from .errors import ArtifactError, InputError, MRLDeployError, check_number, require
 from .manifest import read_manifest, verify_files
 from .tokenization import encode, load_tokenizer, overflowing
 
@@ -154,8 +155,7 @@ class Artifact:
         exported = self.exported_dims
         if dim is None:
             return max(exported)
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InputError(f"dim must be a positive integer, got {dim!r}")
+        check_number(dim, "dim", 1, integer=True)
         candidates = [d for d in exported if d >= dim]
         if not candidates:
             raise InputError(f"dim {dim} is above the largest exported dim {max(exported)} of {self.path}")
@@ -164,8 +164,7 @@ class Artifact:
     # --- inputs -------------------------------------------------------------------------------
     def batches(self, inputs: Any, batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
         """Split inputs into feeds of at most `batch_size` rows, tokenizing text."""
-        if batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        check_number(batch_size, "batch_size", 1, integer=True)
         if self.is_text:
             texts = self._texts(inputs)
             for start in range(0, len(texts), batch_size):
@@ -250,13 +249,6 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, dims={self.exported_dims}, source={self.manifest['source']['kind']})"
-
-
-def renormalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, eps)
 
 
 def load_inputs(path: str | Path, artifact: Artifact | None = None) -> Any:

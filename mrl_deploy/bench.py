@@ -6,16 +6,13 @@ Per (runtime, variant, batch): warm-up, then timed runs for `duration` seconds: 
 min/p50/p90/p99/mean/std, throughput, peak memory, model load time. Per dim: bytes per vector,
 head FLOPs, encoder FLOPs (the same at every dim), retrieval FLOPs per query at a corpus size,
 and with data the quality (accuracy per head, recall@k of adaptive retrieval). Everything lands in
-one JSON-ready dict with the machine it ran on (report.py prints, saves and plots it).
+one JSON-ready dict with the machine it ran on (report.py prints, saves and plots it). Timing and
+memory: timing.py; quality on data: quality.py; the machine: machine.py.
 
 Needs numpy and onnxruntime; torch only for the torch runtime (and GPU timing with it)."""
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,224 +20,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError, InputError, MRLDeployError, RuntimeUnavailableError, check_number
+from .errors import InputError, MRLDeployError, RuntimeUnavailableError, check_number, parse_integers
+from .feeds import SAMPLE_TEXTS, artifact_feed
 from .flops import FLOPS_UNIT, retrieval_flops
+from .machine import machine_info
+from .quality import load_quality_data, measure_quality
+from .timing import cuda_event_timer, latency_stats, peak_rss_bytes, reset_peak_rss, rss_bytes, throughput, time_calls
 
 SCHEMA = "mrl-deploy-bench/1"
-ORT_VARIANTS = ("fp32", "fp16", "int8")          # the model files ONNX Runtime can run
 DEFAULT_RUNTIMES = "ort-cpu,torch"
 DEFAULT_BATCHES = (1, 8, 64)
-RECALL_K = 10
-
-
-# --- statistics ------------------------------------------------------------------------------
-
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """Latency summary in milliseconds. Percentiles interpolate linearly between order statistics
-    (numpy's default, the same as Python's statistics.quantiles(method='inclusive')); std is the
-    population standard deviation of the runs."""
-    values = np.asarray(seconds, dtype=np.float64) * 1e3
-    if values.size == 0:
-        raise ValueError("no timed runs")
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {
-        "runs": int(values.size),
-        "min_ms": float(values.min()),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "max_ms": float(values.max()),
-        "mean_ms": float(values.mean()),
-        "std_ms": float(values.std()),
-    }
-
-
-def throughput(batch: int, seconds: Sequence[float]) -> float:
-    """Items per second over all timed runs (total items / total time, not the mean of rates)."""
-    total = float(np.sum(seconds))
-    return batch * len(seconds) / total if total > 0 else float("inf")
-
-
-def time_calls(fn: Callable[[], Any], duration: float, *, warmup: float | None = None,
-               warmup_runs: int = 3, min_runs: int = 5, max_runs: int = 1_000_000,
-               timer: Callable[[Callable[[], Any]], float] | None = None) -> list[float]:
-    """Call `fn` for `warmup` seconds (and at least `warmup_runs` times: first calls allocate,
-    compile and fill caches), then time calls until `duration` seconds have passed and at least
-    `min_runs` ran. `timer(fn)` returns one call's seconds (default: perf_counter around it; GPU
-    timers synchronise)."""
-    timer = timer or _wall_timer
-    warmup = min(1.0, 0.2 * duration) if warmup is None else warmup
-    started, done = time.perf_counter(), 0
-    while done < warmup_runs or time.perf_counter() - started < warmup:
-        fn()
-        done += 1
-    samples: list[float] = []
-    started = time.perf_counter()
-    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - started < duration):
-        samples.append(timer(fn))
-    return samples
-
-
-def _wall_timer(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def cuda_event_timer(torch: Any) -> Callable[[Callable[[], Any]], float]:
-    """Time one call on the GPU with CUDA events, synchronising before and after, so queued
-    kernels of the previous call are not billed to this one and this call's are not missed."""
-
-    def timer(fn: Callable[[], Any]) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-    return timer
-
-
-# --- memory ----------------------------------------------------------------------------------
-
-def _proc_status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def rss_bytes() -> int | None:
-    """Resident set size of this process now (Linux /proc; None elsewhere)."""
-    return _proc_status("VmRSS")
-
-
-def peak_rss_bytes() -> int | None:
-    """Peak resident set size since the process started or since reset_peak_rss()."""
-    peak = _proc_status("VmHWM")
-    if peak is None:
-        try:
-            import resource
-
-            scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        except (ImportError, OSError):
-            return None
-    return peak
-
-
-def reset_peak_rss() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs), so
-    each runtime's peak is its own and not the largest of everything before it. False if it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-# --- the machine -----------------------------------------------------------------------------
-
-PACKAGES = ("mrl-deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "torch", "usearch", "tokenizers",
-            "tensorrt")
-ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-            "CUDA_VISIBLE_DEVICES")
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, GPU, OS, Python and package versions: enough to tell whose
-    numbers these are. Never imports torch (reads it from sys.modules if already imported)."""
-    from importlib import metadata
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count()
-    return {
-        "cpu": _cpu_model(),
-        "cores_logical": os.cpu_count(),
-        "cores_available": available,
-        "memory_bytes": _meminfo_total(),
-        "gpus": _gpus(),
-        "os": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "env": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
-        "load_average": _load_average(),
-    }
-
-
-def _load_average() -> list[float] | None:
-    """1/5/15-minute load: other processes on a shared machine skew timings; this says how much."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_name(machine: dict[str, Any]) -> str:
-    """One line: 'AMD EPYC, 2 cores' (+ the GPU)."""
-    text = f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores_available')} cores"
-    gpus = machine.get("gpus") or []
-    if gpus:
-        text += ", " + ", ".join(g["name"] for g in gpus)
-    return text
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _meminfo_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _gpus() -> list[dict[str, Any]]:
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10, check=True).stdout
-            gpus = []
-            for line in out.strip().splitlines():
-                name, memory, driver = [part.strip() for part in line.split(",")]
-                gpus.append({"name": name, "memory_bytes": int(float(memory)) * 2**20, "driver": driver})
-            return gpus
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        return [{"name": torch.cuda.get_device_name(i),
-                 "memory_bytes": torch.cuda.get_device_properties(i).total_memory} for i in range(torch.cuda.device_count())]
-    return []
 
 
 # --- per dim: bytes and FLOPs ----------------------------------------------------------------
@@ -298,45 +87,13 @@ def check_bench_dims(manifest: dict[str, Any], dims: Iterable[int] | None) -> li
 
 # --- runtimes --------------------------------------------------------------------------------
 
-def parse_runtime_specs(spec: str | Sequence[str] | None, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """'ort-cpu,torch' -> [(ort-cpu, fp32), (ort-cpu, fp16), (ort-cpu, int8), (torch, fp32)]:
-    an ONNX Runtime name alone means every ORT variant the artifact has (side by side);
-    'ort-cpu:int8' picks one. torch runs the fp32 PyTorch reference."""
-    from .runtimes import RUNTIMES
-
-    items = spec.split(",") if isinstance(spec, str) else list(spec or DEFAULT_RUNTIMES.split(","))
-    models = manifest.get("models", {})
-    pairs: list[tuple[str, str]] = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        name, _, variant = item.partition(":")
-        if name not in RUNTIMES:
-            raise InputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
-        if variant:
-            if variant not in models:
-                raise InputError(f"{item}: the artifact has no {variant} model (it has {', '.join(models)})")
-            variants = [variant]
-        elif name.startswith("ort"):
-            variants = [v for v in ORT_VARIANTS if v in models]
-        else:
-            variants = ["fp32"]
-        pairs.extend((name, v) for v in variants if (name, v) not in pairs)
-    if not pairs:
-        raise InputError("no runtimes given: use e.g. --runtime ort-cpu,torch")
-    return pairs
-
-
 def parse_batches(value: str | Sequence[int] | None) -> list[int]:
+    """'1,8,64' (or a list) -> the sorted distinct batch sizes, each >= 1; None: DEFAULT_BATCHES."""
     if value is None:
         return list(DEFAULT_BATCHES)
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        batches = sorted({int(str(b).strip()) for b in items if str(b).strip()})
-    except ValueError:
-        raise InputError(f"batch sizes must be integers like 1,8,64, got {value!r}") from None
-    if not batches or batches[0] < 1:
-        raise InputError(f"batch sizes must be >= 1, got {value!r}")
+    batches = sorted(set(parse_integers(value, "batch sizes")))
+    if not batches:
+        raise InputError(f"no batch sizes given, got {value!r}: use e.g. 1,8,64")
     return batches
 
 
@@ -347,8 +104,6 @@ def bench_feed(artifact: Any, batch: int, *, seq_len: int = 128, inputs: Any = N
     if inputs is not None:
         return _cycle_rows(artifact, inputs, batch)
     if artifact.is_text:
-        from .sources import SAMPLE_TEXTS
-
         max_len = int(artifact.manifest["preprocessing"].get("max_seq_length", seq_len))
         length = max(2, min(seq_len, max_len))
         text = " ".join(SAMPLE_TEXTS * (1 + length // 8))
@@ -360,17 +115,7 @@ def bench_feed(artifact: Any, batch: int, *, seq_len: int = 128, inputs: Any = N
         if "token_type_ids" in artifact.input_names:
             full["token_type_ids"] = np.zeros((batch, length), dtype=np.int64)
         return {name: full[name] for name in artifact.input_names}
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in artifact.manifest["inputs"]:
-        shape = [batch if axis == "batch" else axis for axis in spec["shape"]]
-        if any(isinstance(axis, str) for axis in shape):
-            raise InputError(f"input {spec['name']} has a dynamic axis besides batch: pass --inputs with real inputs")
-        if spec["dtype"].startswith("float"):
-            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-        else:
-            feed[spec["name"]] = rng.integers(0, 100, size=shape).astype(spec["dtype"])
-    return feed
+    return artifact_feed(artifact, batch, seed)
 
 
 def _cycle_rows(artifact: Any, inputs: Any, batch: int) -> dict[str, np.ndarray]:
@@ -402,10 +147,7 @@ def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int]
     baseline = rss_bytes()
     could_reset = reset_peak_rss()
     started = time.perf_counter()
-    try:
-        runner = create_runtime(name, artifact, variant=variant, threads=threads)
-    except ImportError as exc:  # a runtime module that is not part of this install
-        raise RuntimeUnavailableError(f"runtime {name} is not available here ({exc})") from None
+    runner = create_runtime(name, artifact, variant=variant, threads=threads)
     runner.activate()
     load_s = time.perf_counter() - started
     result: dict[str, Any] = {
@@ -440,204 +182,6 @@ def bench_runtime(artifact: Any, name: str, variant: str, batches: Sequence[int]
     return result
 
 
-# --- quality ---------------------------------------------------------------------------------
-
-def load_quality_data(spec: str | Path, artifact: Any, limit: int | None = None) -> dict[str, Any]:
-    """`--data`: `digits` / `bbc-news` / a .npz with x (and y), or inputs without labels (.npy, .txt:
-    retrieval recall only). Labelled data as data.data_for_model gives it: the model's own
-    training data (its recorded fingerprint) as the test split of its recorded split, any other
-    data whole."""
-    from .artifact import load_inputs
-
-    text = str(spec)
-    path = Path(text)
-    x, y, split = None, None, "all"
-    dataset_module = _data_module()
-    if path.suffix.lower() == ".npz" and path.is_file() and dataset_module is not None:
-        with np.load(path, allow_pickle=False) as data:
-            labelled = "x" in data and "y" in data
-        if labelled:  # the training module's reader: string labels, image layouts, checks
-            x, y, split = _labelled(dataset_module, path, artifact)
-        else:
-            x = load_inputs(path, artifact)
-    elif path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data:
-                x = load_inputs(path, artifact)
-            else:
-                x = data["x"]
-                y = data["y"] if "y" in data else None
-    elif path.suffix.lower() in (".npy", ".txt") and path.is_file():
-        x = load_inputs(path, artifact)
-    else:
-        if dataset_module is None:
-            raise DataError(f"unknown data {text!r}: give a .npz with x and y, a .npy or a .txt (named datasets "
-                            "need the training module)")
-        x, y, split = _labelled(dataset_module, text, artifact)
-    if y is not None:
-        y = np.asarray(y).astype(np.int64).ravel()
-        if len(y) != _count(x):
-            raise DataError(f"{spec}: {len(y)} labels for {_count(x)} samples")
-    if limit and _count(x) > limit:
-        rng = np.random.default_rng(0)   # a seeded subset: bounded time, same rows every run
-        keep = np.sort(rng.choice(_count(x), size=limit, replace=False))
-        x = [x[i] for i in keep] if isinstance(x, list) else (
-            {k: v[keep] for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)[keep])
-        y = y[keep] if y is not None else None
-        split += f" (seeded subset of {limit})"
-    return {"name": text, "x": x, "y": y, "split": split, "count": _count(x)}
-
-
-def _count(x: Any) -> int:
-    if isinstance(x, dict):
-        return len(next(iter(x.values())))
-    return len(x)
-
-
-def _data_module():
-    try:
-        from . import data as data_module  # the training issue's datasets and splits
-    except ImportError:
-        return None
-    return data_module
-
-
-def _labelled(data_module: Any, spec: Any, artifact: Any) -> tuple[Any, Any, str]:
-    """(x, y, split description): the test split of the model's own training data, else all of it."""
-    dataset, usage = data_module.data_for_model(spec, artifact.manifest.get("training_data"))
-    split = usage["split"] + (f" (seed {usage['seed']})" if usage["split"] != "all" else "")
-    return dataset.x, dataset.y, split
-
-
-def retrieval_recall(vectors: np.ndarray, dims: Iterable[int], *, k: int = RECALL_K, shortlist_size: int = 200,
-                     queries: int = 200, seed: int = 0, use_index: bool = True) -> dict[str, Any]:
-    """recall@k against exact search at the full (largest) dim, on the data itself: a seeded set of
-    rows are the queries, the rest the corpus. Per dim d: `truncated` (exact search at d alone),
-    `adaptive` (exhaustive shortlist of `shortlist_size` at Ds=d, rerank at the full dim: the
-    FLOPs model N*Ds + k*Dr exactly) and, where mrl_deploy.retrieval exists, `adaptive_hnsw`
-    (AdaptiveIndex: usearch HNSW shortlist, the deployed path)."""
-    from .artifact import renormalize
-
-    vectors = np.asarray(vectors, dtype=np.float32)
-    count, full = vectors.shape
-    n_queries = min(queries, max(1, count // 5))
-    if count - n_queries < k:
-        raise DataError(f"recall@{k} needs more than {k + n_queries} samples, got {count}")
-    order = np.random.default_rng(seed).permutation(count)
-    q_rows, c_rows = order[:n_queries], np.sort(order[n_queries:])
-    corpus, query = vectors[c_rows], vectors[q_rows]
-    # On a small corpus a shortlist of 200 would be most of it and recall trivially 1: cap it at
-    # 5% of the corpus (at least 2k), and report the size used.
-    shortlist_size = max(k, min(shortlist_size, len(corpus), max(2 * k, len(corpus) // 20)))
-    truth = _top_k(renormalize(query) @ renormalize(corpus).T, k)
-    index_cls = _adaptive_index() if use_index else None
-    rows = []
-    for dim in sorted(set(dims)):
-        q_d, c_d = renormalize(query[:, :dim]), renormalize(corpus[:, :dim])
-        scores = q_d @ c_d.T
-        row = {"dim": dim, "truncated": _recall(_top_k(scores, k), truth)}
-        shortlist = _top_k(scores, shortlist_size)
-        q_f, c_f = renormalize(query), renormalize(corpus)
-        rerank = np.einsum("qd,qkd->qk", q_f, c_f[shortlist])
-        row["adaptive"] = _recall(np.take_along_axis(shortlist, _top_k(rerank, k), axis=1), truth)
-        if index_cls is not None:
-            row["adaptive_hnsw"], error = _hnsw_recall(index_cls, corpus, query, dim, full, k, shortlist_size, truth)
-            if error:
-                row["adaptive_hnsw_error"] = error
-        rows.append(row)
-    return {"k": k, "shortlist_size": shortlist_size, "rerank_dim": full, "queries": n_queries,
-            "corpus": len(corpus), "reference": f"exact search at {full} dims", "per_dim": rows,
-            "hnsw": index_cls is not None}
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth)]
-    return float(np.sum(hits) / truth.size)
-
-
-def _adaptive_index():
-    try:
-        from .retrieval import AdaptiveIndex
-    except ImportError:
-        return None
-    return AdaptiveIndex
-
-
-def _hnsw_recall(index_cls: Any, corpus, query, dim, full, k, shortlist_size, truth) -> tuple[float | None, str | None]:
-    """(recall, None) or (None, why): a failing index is reported in the JSON, not fatal to the bench."""
-    try:
-        index = index_cls.build(corpus, shortlist_dim=dim, rerank_dim=full, dtype="f32")
-        ids, _ = index.search(query, k=k, shortlist_size=shortlist_size)
-    except Exception as exc:  # noqa: BLE001 - another module's failure must not lose the timings
-        return None, f"{type(exc).__name__}: {exc}"
-    return _recall(np.asarray(ids), truth), None
-
-
-def measure_quality(artifact: Any, data: dict[str, Any], dims: Sequence[int], *, runtime: str | None,
-                    variant: str, threads: int | None, shortlist_size: int, variants: Sequence[str] = (),
-                    say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Accuracy per head and retrieval recall with `variant`; for each of `variants` (e.g. the
-    fp16/int8 models that were timed) its accuracy per head and its embeddings' cosine to
-    `variant`'s, so an edge user sees what the faster model costs in quality."""
-    quality: dict[str, Any] = {"data": data["name"], "split": data["split"], "samples": data["count"],
-                               "runtime": runtime, "variant": variant}
-    labelled = data["y"] is not None
-    say(f"quality: encoding {data['count']} samples ({variant})")
-    vectors, accuracy = _encode_and_score(artifact, data, dims, runtime, variant, threads)
-    if accuracy is not None:
-        quality["accuracy"] = accuracy
-    others = {}
-    for other in (v for v in variants if v != variant):
-        say(f"quality: encoding {data['count']} samples ({other})")
-        other_vectors, other_accuracy = _encode_and_score(artifact, data, dims, runtime, other, threads)
-        cosine = np.sum(renormalize_rows(other_vectors) * renormalize_rows(vectors), axis=1)
-        others[other] = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
-        if other_accuracy is not None:
-            others[other]["accuracy"] = other_accuracy
-    if others:
-        quality["variants"] = others
-    if labelled and not artifact.logit_dims:
-        quality["accuracy_skipped"] = "the artifact has no classifier heads"
-    say("quality: recall of adaptive retrieval")
-    try:
-        quality["retrieval"] = retrieval_recall(vectors, [d for d in dims if d <= vectors.shape[1]],
-                                                shortlist_size=shortlist_size)
-    except DataError as exc:
-        quality["retrieval"] = None
-        quality["retrieval_skipped"] = str(exc)
-    return quality
-
-
-def renormalize_rows(vectors: np.ndarray) -> np.ndarray:
-    from .artifact import renormalize
-
-    return renormalize(vectors)
-
-
-def _encode_and_score(artifact: Any, data: dict[str, Any], dims: Sequence[int], runtime: str | None, variant: str,
-                      threads: int | None) -> tuple[np.ndarray, dict[str, float] | None]:
-    """One pass of the encoder: the largest exported embedding, and top-1 accuracy per head."""
-    top = max(artifact.exported_dims)
-    heads = [d for d in dims if d in artifact.logit_dims] if data["y"] is not None else []
-    names = [f"embedding_{top}"] + [f"logits_{d}" for d in heads]
-    outputs = artifact.run(data["x"], names, runtime=runtime, variant=variant, threads=threads)
-    accuracy = None
-    if heads:
-        y = data["y"]
-        classes = {o["dim"]: o.get("classes") for o in artifact.manifest["outputs"] if o["kind"] == "logits"}
-        if y.size and classes.get(heads[0]) and (y.min() < 0 or y.max() >= classes[heads[0]]):
-            raise DataError(f"labels range {y.min()}..{y.max()} but the heads have {classes[heads[0]]} classes")
-        accuracy = {str(d): float(np.mean(outputs[f"logits_{d}"].argmax(axis=1) == y)) for d in heads}
-    return outputs[f"embedding_{top}"].astype(np.float32, copy=False), accuracy
-
-
 # --- everything ------------------------------------------------------------------------------
 
 def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None = DEFAULT_RUNTIMES,
@@ -652,6 +196,7 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     without a GPU) is recorded under `skipped` with the reason instead of failing the run (the CLI
     sets it only for its default runtime list; a runtime asked for by name must run)."""
     from .artifact import Artifact
+    from .runtimes import runtime_pairs
 
     say = progress or (lambda message: None)
     check_number(duration, "duration", 0, low_open=True)
@@ -663,7 +208,7 @@ def run_bench(artifact_dir: str | Path, *, runtimes: str | Sequence[str] | None 
     artifact = Artifact.load(artifact_dir)
     manifest = artifact.manifest
     chosen_dims = check_bench_dims(manifest, dims)
-    pairs = parse_runtime_specs(runtimes, manifest)
+    pairs = runtime_pairs(runtimes or DEFAULT_RUNTIMES, manifest)
     batch_sizes = parse_batches(batches)
     feeds = {b: bench_feed(artifact, b, seq_len=seq_len, inputs=inputs) for b in batch_sizes}
     first = next(iter(feeds.values()))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, InputError, require
-from .manifest import MANIFEST_NAME, read_description, write_json_atomic
+from .manifest import MANIFEST_NAME, atomic_path, read_description, write_json_atomic
 
 FORMAT = "mrl-deploy-embeddings"
 FORMAT_VERSION = 1
@@ -239,19 +239,10 @@ def embed_shard(artifact: Any, plan: dict[str, Any], number: int, directory: str
     rows["file"] = shard["input"]
     rows["line"] = lines
     vectors_file, rows_file = shard_files(Path(directory), shard)
-    _save_atomic(rows_file, rows)
-    _save_atomic(vectors_file, vectors)          # last: its presence marks the shard done
+    for path, array in ((rows_file, rows), (vectors_file, vectors)):   # vectors last: they mark the shard done
+        with atomic_path(path) as tmp:
+            np.save(tmp, array)
     return {"shard": number, "count": int(shard["count"]), "seconds": time.perf_counter() - started}
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- the run as a whole -----------------------------------------------------------------------------
@@ -304,10 +295,6 @@ def write_manifest(directory: str | os.PathLike, plan: dict[str, Any], **extra: 
 
 
 # --- reading it back ---------------------------------------------------------------------------------
-
-def is_corpus(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir() and ((Path(path) / MANIFEST_JSON).is_file() or (Path(path) / PLAN_JSON).is_file())
-
 
 def read_corpus(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a finished embedding run, with every shard file checked."""

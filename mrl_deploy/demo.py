@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InputError, MRLDeployError, check_number
+from .manifest import atomic_path, write_json_atomic
 
 DEFAULT_WORKDIR = Path("artifacts/demo")
 K = 10                      # recall@10 and mAP@10
@@ -52,7 +52,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
 
     checkpoint, meta, reused = step("train", lambda: _checkpoint(workdir / "checkpoint", retrain, seed, console))
     console.print(f"checkpoint: {checkpoint}" + (" (reused)" if reused else ""), highlight=False)
-    from .train import accuracy_table
+    from .training_ui import accuracy_table
 
     console.print(accuracy_table(meta))
     artifact, exported = step("export", lambda: _artifact(checkpoint, workdir / "artifacts" / "digits", console))
@@ -68,7 +68,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
     console.print(classification_table(classification, artifact))
     console.print(retrieval_table(retrieval))
 
-    from .bench import machine_info, machine_name
+    from .machine import machine_info, machine_name
 
     machine = machine_info()
     report = {
@@ -79,7 +79,7 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
         "seconds": {**timings, "total": round(time.perf_counter() - started, 2)},
     }
     report["plot"] = str(plot_demo(report, workdir / "demo.png", machine_name(machine)))
-    (workdir / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json_atomic(workdir / "demo.json", report)
     report["json"] = str(workdir / "demo.json")
     artifact.close()
     return report
@@ -88,7 +88,9 @@ def run_demo(workdir: str | Path = DEFAULT_WORKDIR, *, retrain: bool = False, se
 # --- train / export, reusing what is there ----------------------------------------------------
 
 def _checkpoint(path: Path, retrain: bool, seed: int, console) -> tuple[Path, dict[str, Any], bool]:
-    from .train import TrainingProgress, is_trained_checkpoint, read_checkpoint, train
+    from .checkpoint import is_trained_checkpoint, read_checkpoint
+    from .train import train
+    from .training_ui import TrainingProgress
 
     if not retrain and is_trained_checkpoint(path):
         meta = read_checkpoint(path)
@@ -130,14 +132,11 @@ def classification_rows(artifact, cal_set, test_set) -> list[dict[str, Any]]:
             "latency_ms": _batch1_latency(artifact, test_set.x, [f"logits_{dim}"]),
             "flops": encoder_flops + heads.get(dim, 0), "bytes_per_vector": 4 * dim,
         })
-    try:
-        from .cascade import Cascade, calibrate_artifact, classify_artifact
-    except ImportError:  # the cascade issue not there yet: heads only
-        return rows
+    from .artifact import Artifact
+    from .cascade import Cascade, calibrate_artifact, classify_artifact
+
     calibrate_artifact(artifact.path, cal_set.x, cal_set.y, max_drop=0.5,
                        data={"name": "digits", "split": "calibration", "samples": len(cal_set)})
-    from .artifact import Artifact
-
     calibrated = Artifact.load(artifact.path)
     cascade = Cascade.from_manifest(calibrated.manifest)
     report = classify_artifact(calibrated, test_set.x, test_set.y, cascade=cascade)["report"]
@@ -236,7 +235,7 @@ def _adaptive_index():
 
 
 def _search(corpus: np.ndarray, queries: np.ndarray, dim: int) -> tuple[np.ndarray, float]:
-    from .artifact import renormalize
+    from .dims import renormalize
 
     begun = time.perf_counter()
     scores = renormalize(queries[:, :dim]) @ renormalize(corpus[:, :dim]).T
@@ -245,7 +244,7 @@ def _search(corpus: np.ndarray, queries: np.ndarray, dim: int) -> tuple[np.ndarr
 
 
 def _adaptive_numpy(corpus, queries, shortlist_dim: int, rerank_dim: int) -> tuple[np.ndarray, float]:
-    from .artifact import renormalize
+    from .dims import renormalize
 
     begun = time.perf_counter()
     shortlist = _top_k(renormalize(queries[:, :shortlist_dim]) @ renormalize(corpus[:, :shortlist_dim]).T, SHORTLIST)
@@ -346,7 +345,8 @@ def plot_demo(report: dict[str, Any], path: Path, machine: str) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"mrl-deploy demo: MRL on digits - {machine}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -1,9 +1,12 @@
-"""Nesting dims: parsing and validation (unknown nesting dims are None, never guessed)."""
+"""Nesting dims: parsing and validation (unknown nesting dims are None, never guessed), and the
+truncate-then-renormalise rule that makes a prefix of an MRL embedding an embedding."""
 
 from __future__ import annotations
 
 import warnings
 from typing import Iterable
+
+import numpy as np
 
 from .errors import DimsError
 
@@ -74,3 +77,15 @@ def check_nesting_dims(nesting_dims: object, full_dim: int, where: str) -> list[
 def format_nesting_dims(nesting_dims: Iterable[int] | None) -> str:
     """For people: "8, 16, 64", or "unknown" where the model does not declare them."""
     return "unknown" if nesting_dims is None else ", ".join(map(str, nesting_dims))
+
+
+def renormalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32 (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """z[:dim] / ||z[:dim]|| as float32: the embedding at `dim` of MRL embeddings z."""
+    return renormalize(np.asarray(vectors)[:, :dim])

@@ -95,3 +95,20 @@ def check_number(value, name: str, low: float | None = None, high: float | None 
         raise InputError(f"{name} must be {describe_range(low, high, low_open=low_open, high_open=high_open)}, "
                          f"got {value!r}")
     return value
+
+
+def parse_integers(value, name: str, low: float | None = 1) -> list[int]:
+    """'8,16,32' (or a list) -> [8, 16, 32]: each an integer checked by check_number (>= `low`),
+    else an InputError naming `name`; empty parts are skipped, so '' gives []."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    numbers = []
+    for part in parts:
+        text = str(part).strip()
+        if not text:
+            continue
+        try:
+            number = int(text, 10) if isinstance(part, str) else part
+        except ValueError:
+            raise InputError(f"{name} takes integers like 8,16,32, got {text!r}") from None
+        numbers.append(check_number(number, name, low, integer=True))
+    return numbers

@@ -149,7 +149,7 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     machine = report["machine"]
-    from .bench import machine_name
+    from .machine import machine_name
 
     settings = report["settings"]
     console.print(f"[bold]{report['artifact']['path']}[/bold] on {machine_name(machine)}"
@@ -278,15 +278,16 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     else:
         _plot_cost_dims(axes[1], report)
         _plot_retrieval_cost(axes[2], report)
-    from .bench import machine_name
+    from .machine import machine_name
 
     fig.suptitle(f"{Path(report['artifact']['path']).name}: {machine_name(report['machine'])}, "
                  f"threads {report['settings'].get('threads') or 'default'}", fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from .manifest import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

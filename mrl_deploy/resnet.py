@@ -218,9 +218,9 @@ def load_resnet_mrl(path: str | Path, nesting_dims: Any = None, **options: Any):
     models were trained at; a fixed-feature baseline (r < 2048 columns) was trained at r only and
     gets [r]. `nesting_dims` overrides both."""
     from .errors import require
-    from .sources import InputSpec, SourceModel, _unexpected
+    from .source_model import InputSpec, SourceModel, unexpected_options
 
-    _unexpected(KIND, options)
+    unexpected_options(KIND, options)
     require("torch", "export", "loading ResNet-50 checkpoints")
     path = str(path)
     state = _read_state_dict(path)
@@ -379,7 +379,10 @@ def make_random_checkpoint(path: str | Path, efficient: bool = False, blurpool: 
     state = model.state_dict()
     if module_prefix:
         state = {f"module.{k}": v for k, v in state.items()}
+    from .manifest import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path

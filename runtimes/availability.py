@@ -61,16 +61,16 @@ def supports(name: str, artifact: Any, variant: str = "fp32") -> bool:
 def tensorrt_supports(manifest: dict, variant: str) -> bool:
     """An engine for `variant`, TensorRT and torch (CUDA buffers) installed, a GPU, and an engine
     built by this TensorRT version for this GPU's compute capability (when nvidia-smi tells it)."""
-    from . import tensorrt as trt_runtime
+    from .. import engines
 
-    if trt_runtime.find_engine(manifest, variant) is None:
+    if engines.find_engine(manifest, variant) is None:
         return False
     if not (gpu_present() and module_installed("tensorrt") and module_installed("torch")):
         return False
     try:
-        version = trt_runtime.installed_version()
+        version = engines.installed_version()
     except Exception:
         return False
-    _, entry = trt_runtime.find_engine(manifest, variant)
-    errors, _ = trt_runtime.engine_mismatch(entry, version, trt_runtime.gpu_from_nvidia_smi())
+    _, entry = engines.find_engine(manifest, variant)
+    errors, _ = engines.engine_mismatch(entry, version, engines.gpu_from_nvidia_smi())
     return not errors

@@ -4,8 +4,9 @@
     report = compare_runtimes(artifact, ["torch", "ort-cpu"])   # ort-cpu: fp32, fp16, int8 if present
     report["passed"]
 
-Bounds are the exporter's (fp32: cosine >= 0.99999 and abs diff <= 1e-4, scaled by the logits'
-magnitude; fp16: cosine >= 0.999; int8: cosine >= 0.99), the looser of the two variants compared.
+Bounds are the exporter's (mrl_deploy.comparison: fp32 cosine >= 0.99999 and abs diff <= 1e-4,
+scaled by the logits' magnitude; fp16 cosine >= 0.999; int8 cosine >= 0.99), the looser of the two
+variants compared.
 Needs numpy and the runtimes compared: torch only for the torch runtimes.
 """
 
@@ -16,105 +17,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..comparison import check_output, compare_arrays, tolerance_for
 from ..errors import InputError, MRLDeployError, check_number
+from ..feeds import artifact_feed
 
-# The exporter's bounds against PyTorch (exporters/onnx.py TOLERANCE): top-1 agreement is
-# reported, not enforced here, because a handful of random inputs makes it a coin toss on ties.
-TOLERANCE = {
-    "fp32": {"min_cosine": 0.99999, "max_abs_diff": 1e-4},
-    "fp16": {"min_cosine": 0.999},
-    "int8": {"min_cosine": 0.99},
-}
-ORT_VARIANTS = ("fp32", "fp16", "int8")
-ENGINE_VARIANTS = ("fp32", "fp16")
 DEFAULT_BATCH = 8
 
 
-def tolerance_for(*variants: str, min_cosine: float | None = None, max_abs_diff: float | None = None) -> dict[str, float]:
-    """The looser bound of the variants compared (an fp32 engine against an fp16 graph is held to
-    fp16's), with optional overrides."""
-    order = ["fp32", "fp16", "int8"]
-    loosest = max((v for v in variants if v in order), key=order.index, default="fp32")
-    bounds = dict(TOLERANCE[loosest])
-    if min_cosine is not None:
-        bounds["min_cosine"] = float(min_cosine)
-    if max_abs_diff is not None:
-        bounds["max_abs_diff"] = float(max_abs_diff)
-    return bounds
-
-
-def compare_arrays(actual: np.ndarray, expected: np.ndarray, kind: str = "embedding") -> dict[str, Any]:
-    """max / mean abs diff, the minimum row-wise cosine, whether both are finite; for logits the
-    top-1 agreement too. Rows are samples; other axes are flattened."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if actual.shape != expected.shape:
-        raise MRLDeployError(f"output shapes differ: {actual.shape} vs {expected.shape}")
-    a = actual.reshape(len(actual), -1)
-    e = expected.reshape(len(expected), -1)
-    finite = bool(np.isfinite(a).all() and np.isfinite(e).all())
-    diff = np.abs(a - e)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(e, axis=1)
-    cosine = np.where(norms > 0, np.sum(a * e, axis=1) / np.maximum(norms, 1e-300),
-                      np.where(np.linalg.norm(a, axis=1) == np.linalg.norm(e, axis=1), 1.0, 0.0))
-    stats: dict[str, Any] = {
-        "max_abs_diff": float(diff.max(initial=0.0)) if finite else float("nan"),
-        "mean_abs_diff": float(diff.mean()) if finite and diff.size else (0.0 if finite else float("nan")),
-        "min_cosine": float(cosine.min(initial=1.0)) if finite else float("nan"),
-        "max_abs_reference": float(np.abs(e).max(initial=0.0)) if finite else float("nan"),
-        "finite": finite,
-    }
-    if kind == "logits" and a.shape[1] > 1:
-        stats["top1_agreement"] = float(np.mean(a.argmax(1) == e.argmax(1)))
-    return stats
-
-
-def check_output(name: str, kind: str, stats: dict[str, Any], bounds: dict[str, float]) -> list[str]:
-    """Why `stats` fail `bounds` (empty if they pass). NaN never passes."""
-    if not stats["finite"]:
-        return [f"{name} has NaN or infinite values"]
-    failures = []
-    if not stats["min_cosine"] >= bounds["min_cosine"]:
-        failures.append(f"{name} min cosine {stats['min_cosine']:.9f} < {bounds['min_cosine']}")
-    if "max_abs_diff" in bounds:
-        # logits are not normalised: the bound scales with their magnitude, as at export
-        scale = 1.0 if kind == "embedding" else max(1.0, stats["max_abs_reference"])
-        if not stats["max_abs_diff"] <= bounds["max_abs_diff"] * scale:
-            failures.append(f"{name} max abs diff {stats['max_abs_diff']:.2e} > {bounds['max_abs_diff'] * scale:.1e}")
-    return failures
-
-
 # --- inputs ---------------------------------------------------------------------------------
-
-def random_feed(artifact: Any, batch: int = DEFAULT_BATCH, seed: int = 0) -> dict[str, np.ndarray]:
-    """One batch from the manifest's input specs: standard-normal floats, small integers; text
-    models get sample sentences of different lengths (padding and masks exercised)."""
-    if batch < 1:
-        raise InputError(f"batch must be >= 1, got {batch}")
-    if artifact.is_text:
-        from ..sources import SAMPLE_TEXTS
-
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(SAMPLE_TEXTS))
-        return artifact.tokenize([SAMPLE_TEXTS[order[i % len(order)]] for i in range(batch)])
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in artifact.manifest["inputs"]:
-        shape = [batch if position == 0 or axis == "batch" else axis for position, axis in enumerate(spec["shape"])]
-        if any(isinstance(axis, str) for axis in shape):
-            raise InputError(f"input {spec['name']} has a dynamic axis besides batch: pass --inputs with real inputs")
-        if spec["dtype"].startswith("float"):
-            feed[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-        else:
-            feed[spec["name"]] = rng.integers(0, 100, size=shape).astype(spec["dtype"])
-    return feed
-
 
 def input_feeds(artifact: Any, inputs: Any = None, *, batch: int = DEFAULT_BATCH, limit: int = 256,
                 seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Batches to compare on: `inputs` (array, dict, texts; at most `limit` rows) or one random batch."""
     if inputs is None:
-        return [random_feed(artifact, batch, seed)]
+        return [artifact_feed(artifact, batch, seed)]
     if artifact.is_text or isinstance(inputs, (list, tuple)):   # texts (for a tensor model: refused by batches)
         inputs = list(inputs)[:limit]
     elif isinstance(inputs, dict):
@@ -125,37 +41,6 @@ def input_feeds(artifact: Any, inputs: Any = None, *, batch: int = DEFAULT_BATCH
 
 
 # --- runtimes -------------------------------------------------------------------------------
-
-def runtime_pairs(spec: str | Sequence[str], manifest: dict[str, Any], *, variants: bool = True) -> list[tuple[str, str]]:
-    """'torch,ort-cpu' -> [(torch, fp32), (ort-cpu, fp32), (ort-cpu, fp16), (ort-cpu, int8)]:
-    an ONNX Runtime name alone brings every ONNX variant of the artifact (with `variants`), and
-    tensorrt every engine; 'ort-cpu:int8' picks one."""
-    from . import RUNTIMES
-    from .tensorrt import find_engine
-
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    models = manifest.get("models", {})
-    pairs: list[tuple[str, str]] = []
-    for item in (str(i).strip() for i in items):
-        if not item:
-            continue
-        name, _, variant = item.partition(":")
-        if name not in RUNTIMES:
-            raise InputError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
-        if variant:
-            chosen = [variant]
-        elif name.startswith("ort"):
-            chosen = [v for v in ORT_VARIANTS if v in models] if variants else ["fp32"]
-        elif name == "tensorrt":
-            chosen = [v for v in ENGINE_VARIANTS if find_engine(manifest, v) is not None] or ["fp32"]
-            chosen = chosen if variants else chosen[:1]
-        else:
-            chosen = ["fp32"]
-        pairs.extend((name, v) for v in chosen if (name, v) not in pairs)
-    if not pairs:
-        raise InputError("no runtimes given: use e.g. --runtimes torch,ort-cpu")
-    return pairs
-
 
 def default_runtime_list(artifact: Any) -> list[str]:
     """torch (where installed) as the reference, ort-cpu, and the best runtime here if it is another."""
@@ -173,7 +58,7 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the same inputs through every (runtime, variant) and compare each output with the
     first pair's. Returns a JSON-ready report; report["passed"] is False past tolerance."""
-    from . import create_runtime
+    from . import create_runtime, runtime_pairs
 
     say = progress or (lambda message: None)
     check_number(batch, "batch", 1, integer=True)
@@ -248,5 +133,4 @@ def compare_runtimes(artifact: Any, runtimes: str | Sequence[str] | None = None,
     }
 
 
-__all__ = ["TOLERANCE", "check_output", "compare_arrays", "compare_runtimes", "input_feeds", "random_feed",
-           "runtime_pairs", "tolerance_for"]
+__all__ = ["compare_runtimes", "input_feeds"]

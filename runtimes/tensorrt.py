@@ -1,8 +1,9 @@
 """Native TensorRT: run a serialized engine (model.plan) built by exporters/tensorrt.py.
 
 An engine is tied to the TensorRT version and the GPU it was built on: the manifest records
-both, and loading it elsewhere is a clear error (or, with rebuild=True / --rebuild, a rebuild
-from the ONNX graph in the artifact). Runs with the TensorRT 10/11 API: deserialize_cuda_engine,
+both (mrl_deploy/engines.py reads them), and loading it elsewhere is a clear error (or, given
+`rebuild` (exporters.tensorrt.rebuild_engine, as `compare --rebuild` passes it), a rebuild from
+the ONNX graph in the artifact: the runtime never imports the exporter, which runs it to verify). Runs with the TensorRT 10/11 API: deserialize_cuda_engine,
 set_input_shape for the dynamic batch, set_tensor_address, execute_async_v3.
 
 Device buffers and the CUDA stream come from torch.cuda: of the Python CUDA libraries, torch is the
@@ -12,47 +13,17 @@ are imported only when the runtime activates; a missing one, or a missing GPU, i
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ..engines import check_version, engine_entry, engine_mismatch
 from ..errors import ArtifactError, InputError, MissingExtraError, MRLDeployError, RuntimeUnavailableError
 from .base import Runtime
 
-MIN_VERSION = (10, 0)
-# Engines per precision: the manifest's models key and the engine file.
-ENGINE_KEYS = {"fp32": "tensorrt", "fp16": "tensorrt-fp16"}
-ENGINE_FILES = {"fp32": "model.plan", "fp16": "model.fp16.plan"}
-TIMING_CACHE_FILE = "timing.cache"
 
-
-# --- versions, GPUs, engines in the manifest (pure: no TensorRT, no GPU) -------------------
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """'10.3.0.26' -> (10, 3, 0, 26); '11.0.0b1' -> (11, 0, 0)."""
-    parts = []
-    for piece in str(text).split("."):
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-    if not parts:
-        raise MRLDeployError(f"cannot read a TensorRT version from {text!r}")
-    return tuple(parts)
-
-
-def check_version(text: str) -> tuple[int, ...]:
-    version = parse_version(text)
-    if version[:2] < MIN_VERSION:
-        raise RuntimeUnavailableError(
-            f"TensorRT {text} is installed; mrl-deploy needs TensorRT 10 or later (pip install 'mrl-deploy[tensorrt]')"
-        )
-    return version
-
+# --- TensorRT and CUDA torch, imported when needed --------------------------------------------
 
 def require_tensorrt(check_gpu: bool = True):
     """Import TensorRT (10 or later) or raise one line naming what is missing: the package, or a GPU."""
@@ -74,77 +45,6 @@ def require_tensorrt(check_gpu: bool = True):
         if not gpu_present():
             raise RuntimeUnavailableError("TensorRT needs an NVIDIA GPU and none is visible here; use --runtime ort-cpu")
     return trt
-
-
-def installed_version() -> str:
-    """The installed TensorRT's version string (imports tensorrt)."""
-    import tensorrt as trt
-
-    return str(trt.__version__)
-
-
-def find_engine(manifest: dict[str, Any], variant: str = "fp32") -> tuple[str, dict[str, Any]] | None:
-    """(models key, entry) of the engine for `variant` ("fp32", "fp16", or a key such as
-    "tensorrt-fp16"), or None."""
-    models = manifest.get("models", {})
-    key = variant if variant in ENGINE_KEYS.values() else ENGINE_KEYS.get(variant)
-    if key and key in models:
-        return key, models[key]
-    return None
-
-
-def engine_entry(manifest: dict[str, Any], variant: str, where: str = "the artifact") -> tuple[str, dict[str, Any]]:
-    found = find_engine(manifest, variant)
-    if found is not None:
-        return found
-    engines = [v for v, key in ENGINE_KEYS.items() if key in manifest.get("models", {})]
-    if variant not in ENGINE_KEYS and variant not in ENGINE_KEYS.values():
-        raise InputError(f"TensorRT engines are fp32 or fp16, not {variant!r} (int8 runs on ort-cpu)")
-    hint = f"it has {', '.join(engines)} engines: use --variant {engines[0]}" if engines else "it has none"
-    raise ArtifactError(
-        f"{where} has no {variant} TensorRT engine ({hint}); build one with "
-        f"mrl-deploy export ... --format tensorrt{' --precision fp16' if variant == 'fp16' else ''}"
-    )
-
-
-def engine_mismatch(entry: dict[str, Any], version: str, gpu: dict[str, Any] | None) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of running an engine built as `entry` records with TensorRT `version`
-    on `gpu` ({name, compute_capability}, None if unknown). Engines are valid only for the exact
-    TensorRT version and the compute capability they were built for; another GPU of the same
-    compute capability runs them, maybe with tactics tuned for the other one."""
-    errors, notes = [], []
-    built = entry.get("tensorrt_version")
-    if built and parse_version(built)[:3] != parse_version(version)[:3]:
-        errors.append(f"the engine was built with TensorRT {built}, this is TensorRT {version}")
-    if gpu:
-        built_cc, here_cc = entry.get("compute_capability"), gpu.get("compute_capability")
-        if built_cc and here_cc and str(built_cc) != str(here_cc):
-            errors.append(
-                f"the engine was built for compute capability {built_cc} ({entry.get('gpu', 'unknown GPU')}), "
-                f"this GPU is {here_cc} ({gpu.get('name', 'unknown')})"
-            )
-        elif entry.get("gpu") and gpu.get("name") and entry["gpu"] != gpu["name"]:
-            notes.append(
-                f"the engine was built on {entry['gpu']} and runs on {gpu['name']} (same compute capability "
-                f"{here_cc}): it works, but rebuild it (--rebuild) for tactics tuned to this GPU"
-            )
-    return errors, notes
-
-
-def gpu_from_nvidia_smi(index: int = 0) -> dict[str, str] | None:
-    """{name, compute_capability} of GPU `index` from nvidia-smi (no CUDA library loaded), or None."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[part.strip() for part in line.split(",")] for line in out.splitlines() if line.strip()]
-    if index >= len(rows) or len(rows[index]) < 2:
-        return None
-    return {"name": rows[index][0], "compute_capability": rows[index][1]}
 
 
 def gpu_from_torch(torch, index: int = 0) -> dict[str, str]:
@@ -171,9 +71,12 @@ class TensorrtRuntime(Runtime):
 
     name = "tensorrt"
 
-    def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None, rebuild: bool = False,
-                 device_index: int = 0):
+    def __init__(self, artifact, *, variant: str = "fp32", threads: int | None = None,
+                 rebuild: Callable[..., Any] | None = None, device_index: int = 0):
         super().__init__(artifact, variant=variant, threads=threads)
+        if rebuild is not None and not callable(rebuild):
+            raise InputError("rebuild takes the function that rebuilds a stale engine "
+                             "(mrl_deploy.exporters.tensorrt.rebuild_engine), or None to refuse stale engines")
         self.rebuild = rebuild
         self.device_index = device_index
         self.engine = self.context = self.stream = None
@@ -190,10 +93,8 @@ class TensorrtRuntime(Runtime):
         torch.cuda.set_device(self.device_index)
         self._gpu = gpu_from_torch(torch, self.device_index)
         errors, notes = engine_mismatch(entry, self._version, self._gpu)
-        if errors and self.rebuild:
-            from ..exporters.tensorrt import rebuild_engine
-
-            self.artifact.manifest = rebuild_engine(self.artifact, self.variant).manifest
+        if errors and self.rebuild is not None:
+            self.artifact.manifest = self.rebuild(self.artifact, self.variant).manifest
             key, entry = engine_entry(self.artifact.manifest, self.variant, where)
         elif errors:
             raise ArtifactError(f"cannot run {where}/{entry['file']}: {'; '.join(errors)}: rebuild it with --rebuild "
@@ -311,7 +212,4 @@ _TORCH_DTYPES = {
 }
 
 
-__all__ = [
-    "ENGINE_FILES", "ENGINE_KEYS", "TIMING_CACHE_FILE", "TensorrtRuntime", "check_version", "engine_entry",
-    "engine_mismatch", "find_engine", "gpu_from_nvidia_smi", "parse_version", "require_tensorrt",
-]
+__all__ = ["TensorrtRuntime", "gpu_from_torch", "require_cuda_torch", "require_tensorrt"]

@@ -106,7 +106,7 @@ def _torch_device(torch, requested: str):
 def build_reference(manifest: dict[str, Any], artifact_path: Any = None):
     """(module, output names): the export wrapper around the source model, rebuilt from the
     manifest's source (kind, path, options) at the exported dims, in eval mode on CPU."""
-    from ..exporters.onnx import MRLExportModule, plan_outputs
+    from ..graph import MRLExportModule, plan_outputs
     from ..sources import load_source, source_sha256
 
     source = manifest["source"]

@@ -1,9 +1,16 @@
-"""Small MRL models for tests (`factories:NAME` as an export SOURCE; tests/ is on sys.path)."""
+"""Small MRL models for tests (`factories:NAME` as an export SOURCE; tests/ is on sys.path), and
+random sentences over a small vocabulary for the text tests."""
 
 import torch
 from torch import nn
 
 NESTING = [4, 8, 16, 32]
+WORDS = ("matryoshka nested dolls embed coarse fine prefix truncate search index cascade head query "
+         "document server batch model vector cosine shortlist rerank edge device token").split()
+
+
+def sentence(rng, low=2, high=12):
+    return " ".join(rng.choice(WORDS, rng.integers(low, high)))
 
 
 class TinyMRL(nn.Module):

@@ -13,15 +13,13 @@ import pytest
 from conftest import needs_torch
 from mrl_deploy.cascade import (
     Cascade,
-    _Problem,
-    _fit_greedy,
-    _fit_search,
     accuracy,
     calibrate_artifact,
     classify_artifact,
     fit_cascade,
     predict_with_confidence,
 )
+from mrl_deploy.cascade.fit import _Problem, _fit_greedy, _fit_search
 from mrl_deploy.errors import DataError, InputError, MRLDeployError
 
 CLI = [sys.executable, "-m", "mrl_deploy.cli"]

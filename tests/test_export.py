@@ -167,6 +167,20 @@ def test_failed_verification_leaves_nothing_and_keeps_previous(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
+def test_verification_never_passes_nan(tiny):
+    """NaN in an output fails verification (NaN compares false with every bound, so a check
+    written `value < bound: fail` lets it through: the exporter's did before comparison.py)."""
+    from mrl_deploy.exporters.onnx import verify_variant
+
+    feed = {"x": np.random.default_rng(6).standard_normal((3, 20)).astype(np.float32)}
+    outputs = tiny.manifest["outputs"]
+    reference = tiny.run(feed["x"])
+    verify_variant(tiny.path / "model.onnx", "fp32", [feed], [reference], outputs)   # the graph matches itself
+    broken = dict(reference, embedding_8=np.full_like(reference["embedding_8"], np.nan))
+    with pytest.raises(VerificationError, match="embedding_8 has NaN"):
+        verify_variant(tiny.path / "model.onnx", "fp32", [feed], [broken], outputs)
+
+
 def _files(directory):
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 

@@ -204,7 +204,8 @@ def tiny_models(tmp_path_factory):
 
 
 def test_nesting_dims_from_the_model_card(tiny_models):
-    from mrl_deploy.sources import card_matryoshka_dims, load_source
+    from mrl_deploy.sources import load_source
+    from mrl_deploy.text_source import card_matryoshka_dims
 
     assert not (tiny_models["plain"] / "README.md").exists() and card_matryoshka_dims(tiny_models["plain"]) is None
     assert load_source(tiny_models["plain"]).nesting_dims is None

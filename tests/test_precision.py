@@ -255,12 +255,13 @@ def test_int8_with_a_sample_reaches_the_exporter_bounds(graphs, tmp_path, name):
     measured = info["sample_agreement"]
     assert measured["min_cosine"] >= 0.993 and measured["top1_agreement"] >= 0.99
 
+    # what make_int8 reports is the written graph's agreement, computed here independently
     want, got = _run(src, feed), _run(dst, feed)
-    assert agreement({n: [v] for n, v in got.items()}, {n: [v] for n, v in want.items()}) == pytest.approx(measured)
+    assert measured["min_cosine"] == pytest.approx(min(_min_cosine(got[n], want[n]) for n in want), abs=1e-9)
     assert any(n.startswith("logits") for n in want) == (name != "bert")
-    for output in want:
-        if output.startswith("logits"):
-            assert np.mean(got[output].argmax(1) == want[output].argmax(1)) >= 0.99
+    top1 = [np.mean(got[n].argmax(1) == want[n].argmax(1)) for n in want if n.startswith("logits")]
+    assert measured["top1_agreement"] == pytest.approx(min(top1, default=1.0))
+    assert all(value >= 0.99 for value in top1)
 
 
 def test_int8_quint8_weights(graphs, tmp_path):

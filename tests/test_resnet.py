@@ -1,6 +1,7 @@
 """Official MRL ResNet-50 checkpoints: variants detected from their keys, BlurPool really applied,
 the full network exported and verified, and checkpoints of anything else refused in one line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,101 @@ def test_export_mrl_e_blurpool_resnet50(tmp_path):
         assert cosines(artifact.encode(x, dim=m), z[:, :m]).min() > 0.9999
         expected = z[:, :m] @ weight[:, :m].T + bias
         assert cosines(artifact.logits(x, dim=m), expected).min() > 0.9999
+
+
+# --- an independent reference: torchvision's ResNet-50 ------------------------------------------------
+
+# `make install` puts torchvision (0.28, the release made for torch 2.13) in a directory of its own
+# inside the venv, not in site-packages: the wheel is a CUDA build whose C++ ops do not load on the
+# CPU build of torch, and an importable but broken torchvision breaks transformers' imports. The
+# reference therefore runs in a subprocess with that directory on its path.
+TORCHVISION = Path(sys.prefix) / "torchvision-reference"
+TORCHVISION_REFERENCE = r"""
+import sys
+
+import numpy as np
+import torch
+import torch.library
+
+# torchvision 0.28 registers fake kernels for its C++ ops (nms, roi_align: detection ops that a
+# ResNet never calls) at import, without checking that the ops loaded: skip those registrations
+# alone; the model code is torchvision's, unchanged.
+register_fake = torch.library.register_fake
+
+def lenient(op, *args, **kwargs):
+    def decorate(fn):
+        try:
+            return register_fake(op, *args, **kwargs)(fn)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            return fn
+    return decorate
+
+torch.library.register_fake = lenient
+import torchvision.models
+torch.library.register_fake = register_fake
+
+out, dims, classes = sys.argv[1], [8, 64, 2048], 10
+torch.manual_seed(11)
+net = torchvision.models.resnet50(weights=None).eval()
+with torch.no_grad():   # default statistics (mean 0, var 1, weight 1, bias 0) would hide a swapped buffer
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.normal_(0.0, 0.1)
+state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+heads = {}
+for i, m in enumerate(dims):
+    heads[f"fc.nesting_classifier_{i}.weight"] = torch.randn(classes, m) / m ** 0.5
+    heads[f"fc.nesting_classifier_{i}.bias"] = torch.randn(classes)
+# saved as the official checkpoints are: a training loop's dict, DataParallel `module.` keys
+torch.save({"state_dict": {f"module.{k}": v for k, v in {**state, **heads}.items()}, "epoch": 40}, f"{out}/official.pt")
+net.fc = torch.nn.Identity()   # torchvision's forward up to the average pool and flatten
+x = torch.from_numpy(np.random.default_rng(12).standard_normal((3, 3, 224, 224)).astype(np.float32))
+with torch.no_grad():
+    z = net(x)
+np.savez(f"{out}/reference.npz", x=x.numpy(), z=z.numpy(), torchvision=torchvision.__version__,
+         **{k: v.numpy() for k, v in heads.items()})
+"""
+
+
+@pytest.mark.slow
+def test_export_equals_torchvision_resnet50(tmp_path):
+    """The loader and the export against torchvision's resnet50 (the architecture the official
+    checkpoints are, with the same trunk keys): torchvision makes the checkpoint (its own seeded
+    state dict, batch norms given non-trivial statistics, plus three MRL heads) and the pooled
+    features of a batch. The artifact's embedding at m is those features z[:m], normalised, and
+    its logits each head applied to z[:m], within the fp32 bound (cosine >= 0.99999, max abs diff
+    <= 1e-4)."""
+    from mrl_deploy import export
+
+    if not (TORCHVISION / "torchvision").is_dir():
+        pytest.skip(f"torchvision is not in {TORCHVISION} (make install puts it there)")
+    subprocess.run([sys.executable, "-c", TORCHVISION_REFERENCE, str(tmp_path)], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(TORCHVISION)})
+    with np.load(tmp_path / "reference.npz") as reference:
+        ref = {k: reference[k] for k in reference.files}
+    assert str(ref["torchvision"]).startswith("0.28")
+    x, z = ref["x"], ref["z"].astype(np.float64)
+    assert z.shape == (3, 2048) and np.isfinite(z).all() and np.abs(z).max() > 0
+    checkpoint = tmp_path / "official.pt"
+
+    z_loaded, _ = forward(load(checkpoint), x)   # the loader alone, before any export
+    np.testing.assert_allclose(z_loaded.numpy(), z, rtol=1e-4, atol=1e-4 * np.abs(z).max())
+
+    dims = [8, 64, 2048]
+    artifact = export(str(checkpoint), dims=dims, output=tmp_path / "art")
+    assert artifact.manifest["nesting_dims"] == dims and artifact.manifest["head"] == "separate"
+    for i, m in enumerate(dims):
+        expected = z[:, :m] / np.linalg.norm(z[:, :m], axis=1, keepdims=True)
+        embedding = artifact.encode(x, dim=m)
+        assert cosines(embedding, expected).min() >= 0.99999, m
+        assert np.abs(embedding - expected).max() <= 1e-4, m
+        weight, bias = ref[f"fc.nesting_classifier_{i}.weight"], ref[f"fc.nesting_classifier_{i}.bias"]
+        logits = z[:, :m] @ weight.astype(np.float64).T + bias
+        actual = artifact.logits(x, dim=m)
+        assert cosines(actual, logits).min() >= 0.99999, m
+        assert np.abs(actual - logits).max() <= 1e-4 * np.abs(logits).max(), m

@@ -17,10 +17,11 @@ from conftest import HAS_TORCH, needs_torch
 from mrl_deploy.errors import (
     ArtifactError, InputError, MRLDeployError, RuntimeUnavailableError,
 )
-from mrl_deploy.runtimes import availability, create_runtime, default_runtime, resolve_runtime
-from mrl_deploy.runtimes.compare import (
-    check_output, compare_arrays, compare_runtimes, random_feed, runtime_pairs, tolerance_for,
-)
+from mrl_deploy.runtimes import availability, create_runtime, default_runtime, resolve_runtime, runtime_pairs
+from mrl_deploy.comparison import check_output, compare_arrays, tolerance_for
+from mrl_deploy.feeds import artifact_feed
+from mrl_deploy.runtimes.compare import compare_runtimes
+from mrl_deploy import engines
 from mrl_deploy.runtimes import tensorrt as trt_runtime
 from mrl_deploy.exporters import tensorrt as trt_export
 
@@ -135,7 +136,8 @@ def test_compare_on_the_minilm_artifact(tmp_path_factory):
 @pytest.mark.slow
 def test_compare_on_a_resnet50_artifact(tmp_path_factory):
     """`mrl-deploy compare` on a full ResNet-50 MRL artifact (random weights, official format)."""
-    resnet = pytest.importorskip("mrl_deploy.resnet", reason="the ResNet-50 loader (export issue)")
+    from mrl_deploy import resnet
+
     root = tmp_path_factory.mktemp("resnet")
     resnet.make_random_checkpoint(root / "r50.pt")
     artifact = _export(root / "r50.pt", [8, 2048], root / "r50")
@@ -183,7 +185,7 @@ def test_torch_runtime_errors(artifacts, tmp_path):
 
     update_manifest(art, source={**artifacts["mrl-e"].manifest["source"], "path": str(moved)})
     with create_runtime("torch", Artifact.load(art)) as runner:  # same files elsewhere: fine
-        assert set(runner.infer(random_feed(Artifact.load(art), 2))) == {"embedding_4", "embedding_16", "logits_4", "logits_16"}
+        assert set(runner.infer(artifact_feed(Artifact.load(art), 2))) == {"embedding_4", "embedding_16", "logits_4", "logits_16"}
     with open(moved / "mrl_model.json", "a") as handle:
         handle.write(" ")
     with pytest.raises(ArtifactError, match="changed since"):
@@ -194,7 +196,7 @@ def test_torch_runtime_errors(artifacts, tmp_path):
 def test_io_binding_matches_session_run(artifacts):
     """The IO-binding path (used on CUDA) gives what session.run gives; exercised here on CPU."""
     artifact = artifacts["mlp-heads"]
-    feed = random_feed(artifact, 7, seed=3)
+    feed = artifact_feed(artifact, 7, seed=3)
     with create_runtime("ort-cpu", artifact) as plain, create_runtime("ort-cpu", artifact, io_binding=True) as bound:
         assert bound.binding_device == "cpu" and plain.binding_device is None
         a, b = plain.infer(feed), bound.infer(feed)
@@ -232,6 +234,9 @@ def test_tensorrt_without_it_exits_2_naming_what_is_missing(artifacts, tmp_path)
     assert not (tmp_path / "engine").exists()
     with pytest.raises(RuntimeUnavailableError, match="TensorRT is not installed"):
         trt_runtime.require_tensorrt()
+    # the runtime takes the exporter's rebuild function (compare --rebuild passes it), never imports it
+    with pytest.raises(InputError, match="rebuild takes the function"):
+        create_runtime("tensorrt", artifacts["mlp-heads"], rebuild=True)
 
 
 @needs_torch
@@ -406,9 +411,9 @@ def test_build_plan_refusals():
         trt_export.build_plan("10.3.0", "int8")
     with pytest.raises(InputError, match="fp32 or fp16"):
         trt_export.build_plan("10.3.0", "bf16")
-    assert trt_runtime.parse_version("11.0.0b1") == (11, 0, 0) and trt_runtime.parse_version("10.3.0.26") == (10, 3, 0, 26)
+    assert engines.parse_version("11.0.0b1") == (11, 0, 0) and engines.parse_version("10.3.0.26") == (10, 3, 0, 26)
     with pytest.raises(MRLDeployError):
-        trt_runtime.parse_version("unknown")
+        engines.parse_version("unknown")
 
 
 def test_a_tensorrt_without_the_flag_is_an_error_not_an_fp32_engine():
@@ -489,25 +494,25 @@ def test_configure_applies_the_plan(version, precision, set_fp16, clear_tf32):
 def test_engine_compatibility():
     entry = {"tensorrt_version": "10.3.0.26", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     same = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    assert trt_runtime.engine_mismatch(entry, "10.3.0.26", same) == ([], [])
-    errors, _ = trt_runtime.engine_mismatch(entry, "10.8.0.43", same)
+    assert engines.engine_mismatch(entry, "10.3.0.26", same) == ([], [])
+    errors, _ = engines.engine_mismatch(entry, "10.8.0.43", same)
     assert errors == ["the engine was built with TensorRT 10.3.0.26, this is TensorRT 10.8.0.43"]
-    errors, _ = trt_runtime.engine_mismatch(entry, "10.3.0.26", {"name": "NVIDIA A10", "compute_capability": "8.6"})
+    errors, _ = engines.engine_mismatch(entry, "10.3.0.26", {"name": "NVIDIA A10", "compute_capability": "8.6"})
     assert "compute capability 9.0" in errors[0] and "8.6 (NVIDIA A10)" in errors[0]
-    errors, notes = trt_runtime.engine_mismatch(entry, "10.3.0", {"name": "NVIDIA H200", "compute_capability": "9.0"})
+    errors, notes = engines.engine_mismatch(entry, "10.3.0", {"name": "NVIDIA H200", "compute_capability": "9.0"})
     assert errors == [] and "--rebuild" in notes[0]
-    assert trt_runtime.engine_mismatch(entry, "10.3.0", None) == ([], [])  # GPU unknown: the version still checked
+    assert engines.engine_mismatch(entry, "10.3.0", None) == ([], [])  # GPU unknown: the version still checked
 
 
 def test_engine_entries():
     manifest = {"models": {"fp32": {"file": "model.onnx"}, "tensorrt-fp16": {"file": "model.fp16.plan"}}}
-    assert trt_runtime.find_engine(manifest, "fp16") == ("tensorrt-fp16", {"file": "model.fp16.plan"})
-    assert trt_runtime.find_engine(manifest, "tensorrt-fp16")[0] == "tensorrt-fp16"
-    assert trt_runtime.find_engine(manifest, "fp32") is None
+    assert engines.find_engine(manifest, "fp16") == ("tensorrt-fp16", {"file": "model.fp16.plan"})
+    assert engines.find_engine(manifest, "tensorrt-fp16")[0] == "tensorrt-fp16"
+    assert engines.find_engine(manifest, "fp32") is None
     with pytest.raises(ArtifactError, match="no fp32 TensorRT engine.*use --variant fp16"):
-        trt_runtime.engine_entry(manifest, "fp32")
+        engines.engine_entry(manifest, "fp32")
     with pytest.raises(InputError, match="int8 runs on ort-cpu"):
-        trt_runtime.engine_entry(manifest, "int8")
+        engines.engine_entry(manifest, "int8")
 
 
 @needs_torch
@@ -632,7 +637,7 @@ def test_tensorrt_engine_builds_runs_and_agrees_with_torch(artifacts, tmp_path, 
     art = tmp_path / "art"
     shutil.copytree(artifacts["mlp-heads"].path, art)
     artifact = trt_export.add_engine(Artifact.load(art), precision=precision, max_batch=16)
-    entry = artifact.manifest["models"][trt_runtime.ENGINE_KEYS[precision]]
+    entry = artifact.manifest["models"][engines.ENGINE_KEYS[precision]]
     assert (art / entry["file"]).is_file() and (art / "timing.cache").is_file()
     report = compare_runtimes(artifact, ["torch", f"tensorrt:{precision}"], batch=40)  # > max_batch: chunked
     assert report["passed"], report

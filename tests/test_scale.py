@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
+from factories import sentence
 
 pytestmark = needs_torch
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mrl-deploy[ray]')")
@@ -34,15 +35,9 @@ from mrl_deploy.corpus import MANIFEST_JSON, PLAN_JSON, load_corpus, read_corpus
 from mrl_deploy.errors import InputError  # noqa: E402
 from mrl_deploy.metrics import recall_at_k  # noqa: E402
 from mrl_deploy.retrieval import exact_search  # noqa: E402
+from mrl_deploy.scale.embed import embed_corpus  # noqa: E402
+from mrl_deploy.scale.serve import build_application  # noqa: E402
 from mrl_deploy.sharded import ShardedIndex  # noqa: E402
-
-WORDS = ("matryoshka nested dolls embed coarse fine prefix truncate search index cascade head query "
-         "document server batch model vector cosine shortlist rerank edge device token").split()
-
-
-def sentence(rng, low=2, high=12):
-    return " ".join(rng.choice(WORDS, rng.integers(low, high)))
-
 
 # --- fixtures --------------------------------------------------------------------------------------
 
@@ -207,6 +202,23 @@ def test_ray_command_errors_are_one_line(text, corpus_files, root, args, message
     assert message is None or message in str(result.exception), str(result.exception)
     assert "\n" not in str(result.exception)
     assert not (root / "bad_out").exists() and not (root / "bad_out.npy").exists()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda art, inputs, out: embed_corpus(art, inputs, out, concurrency=0), "concurrency must be >= 1, got 0"),
+    (lambda art, inputs, out: embed_corpus(art, inputs, out, batch_size=1.5), "batch_size must be an integer"),
+    (lambda art, inputs, out: embed_corpus(art, inputs, out, num_cpus=-1), "num_cpus must be >= 0"),
+    (lambda art, inputs, out: embed_corpus(art, inputs, out, num_gpus=float("inf")), "num_gpus must be a finite"),
+    (lambda art, inputs, out: build_application(art.path, replicas=0), "replicas must be >= 1, got 0"),
+    (lambda art, inputs, out: build_application(art.path, timeout=0), "timeout must be > 0"),
+])
+def test_scale_functions_check_their_numbers_as_the_cli_does(text, corpus_files, root, call, message):
+    """The library side of `embed --ray` / `serve --ray`: errors.check_number's one line, before
+    any Ray work and before anything is written."""
+    folder, _ = corpus_files
+    with pytest.raises(InputError, match=message):
+        call(text, str(folder), root / "bad_numbers")
+    assert not (root / "bad_numbers").exists()
 
 
 # --- sharded index on Ray -----------------------------------------------------------------------------

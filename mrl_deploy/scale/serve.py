@@ -62,13 +62,11 @@ def _handle(deployment: str) -> Any:
     return serve.get_deployment_handle(deployment, serve.get_replica_context().app_name)
 
 
-class ServeBackend:
-    """The app's Backend over the Embedder deployment."""
+class _Deployment:
+    """A deployment of this replica's application, its handle looked up on first use."""
 
-    def __init__(self, max_batch: int, timeout: float = DEFAULT_TIMEOUT, deployment: str = "Embedder"):
-        self.deployment = deployment
-        self.max_batch = max_batch
-        self.timeout = timeout
+    def __init__(self, deployment: str, timeout: float):
+        self.deployment, self.timeout = deployment, timeout
         self._handle = None
 
     @property
@@ -76,6 +74,14 @@ class ServeBackend:
         if self._handle is None:
             self._handle = _handle(self.deployment)
         return self._handle
+
+
+class ServeBackend(_Deployment):
+    """The app's Backend over the Embedder deployment."""
+
+    def __init__(self, max_batch: int, timeout: float = DEFAULT_TIMEOUT, deployment: str = "Embedder"):
+        super().__init__(deployment, timeout)
+        self.max_batch = max_batch
 
     def load(self) -> dict[str, Any]:
         try:
@@ -108,19 +114,13 @@ class ServeFuture:
             _reraise(exc, self.what)
 
 
-class ServeShard:
+class ServeShard(_Deployment):
     """A shard of the ingress's ShardedIndex: an IndexShard deployment (sharded.LocalShard's
     submit(), called from the app's worker thread)."""
 
     def __init__(self, deployment: str, name: str, timeout: float = DEFAULT_TIMEOUT):
-        self.deployment, self.name, self.timeout = deployment, name, timeout
-        self._handle = None
-
-    @property
-    def handle(self) -> Any:
-        if self._handle is None:
-            self._handle = _handle(self.deployment)
-        return self._handle
+        super().__init__(deployment, timeout)
+        self.name = name
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handle": None}
@@ -144,19 +144,17 @@ def build_application(artifact_dir: str | Path, index_dir: str | Path | None = N
     from ray import serve
 
     from ..artifact import Artifact
-    from ..errors import InputError
+    from ..errors import InputError, check_number
     from ..runtimes import resolve_runtime
     from ..serve import create_app
     from ..serve.batcher import run_batch, warmup_item
     from ..sharded import ShardedIndex, is_sharded, read_sharded_settings
     from .embed import GPU_RUNTIMES
 
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise InputError(f"replicas must be a positive integer, got {replicas!r}")
-    if not num_cpus >= 0 or (num_gpus is not None and not num_gpus >= 0):
-        raise InputError(f"CPUs and GPUs per replica must be >= 0, got {num_cpus} and {num_gpus}")
-    if not timeout > 0:
-        raise InputError(f"the timeout must be positive, got {timeout}")
+    check_number(replicas, "replicas", 1, integer=True)
+    check_number(num_cpus, "num_cpus", 0)
+    check_number(num_gpus, "num_gpus", 0, optional=True)
+    check_number(timeout, "timeout", 0, low_open=True)
     artifact_dir = Path(artifact_dir).resolve()
     artifact = Artifact.load(artifact_dir, verify=False)
     runtime = resolve_runtime(runtime, artifact, variant)

@@ -5,11 +5,14 @@ uvicorn, the `serve` extra). Nothing outside this package imports it.
     app = create_app("artifacts/minilm", index=None, max_batch=64)
     run_server(app, "127.0.0.1", 8080)
 
-app.py: create_app (routes, request models, error mapping) and run_server; batcher.py: dynamic
-batching (Batcher, LocalBackend, run_batch: the backend seam); metrics.py: Prometheus metrics.
+app.py: create_app (the routes) and run_server; requests.py: request models and validation;
+api_errors.py: the error mapping; gate.py: the middleware (API key, body limit, metrics); state.py:
+ServerState; batcher.py: dynamic batching (Batcher, LocalBackend, run_batch: the backend seam);
+metrics.py: Prometheus metrics.
 """
 
-from .app import ApiError, create_app, run_server
+from .api_errors import ApiError
+from .app import create_app, run_server
 from .batcher import TOKENS, Backend, Batcher, LocalBackend, Overloaded, run_batch
 
 __all__ = ["ApiError", "Backend", "Batcher", "LocalBackend", "Overloaded", "TOKENS", "create_app", "run_batch",

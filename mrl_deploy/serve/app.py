@@ -1,12 +1,14 @@
-"""The FastAPI app: routes, request models, validation and the OpenAI-style error mapping.
+"""The FastAPI app: create_app and its routes, and run_server (request models and validation:
+requests.py; the OpenAI-style error mapping: api_errors.py; the middleware: gate.py; the app's
+state: state.py).
 
     app = create_app("artifacts/minilm", index=AdaptiveIndex.load("docs.index"))
     run_server(app, "127.0.0.1", 8080)              # what `mrl-deploy serve` does
 
-One path for every model endpoint: validate (all of it here, in the app) -> the backend runs the
-items in shared batches -> each caller gets its own rows -> truncate + re-normalise to the
-request's `dimensions` (Artifact.at_dim), a cascade (Cascade.run) or a search (the index's
-search) -> respond. `create_app` keeps all its state on the app it returns (nothing at module
+One path for every model endpoint: validate (all of it, before the backend: requests.py) -> the
+backend runs the items in shared batches -> each caller gets its own rows -> truncate +
+re-normalise to the request's `dimensions` (Artifact.at_dim), a cascade (Cascade.run) or a search
+(the index's search) -> respond. `create_app` keeps all its state on the app it returns (nothing at module
 level), so Ray Serve can mount the same app with `@serve.ingress(app)` and a backend of its own.
 
 Seams (see batcher.py): `backend` (default LocalBackend: a Batcher over the artifact's runtime
@@ -18,273 +20,36 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import hmac
 import json
 import logging
-import math
-import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MRLDeployError, require
+from ..errors import MRLDeployError, check_number, require
 
 require("fastapi", "serve", "the HTTP server")
 
 from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError  # noqa: E402
-from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
-from starlette.requests import ClientDisconnect  # noqa: E402
 
 from ..artifact import Artifact  # noqa: E402
+from .api_errors import ApiError, add_error_handlers, busy  # noqa: E402
 from .batcher import TOKENS, LocalBackend, Overloaded  # noqa: E402
+from .gate import Gate  # noqa: E402
 from .metrics import Metrics  # noqa: E402
+from .requests import (  # noqa: E402
+    MAX_EXPANSION, MAX_K, Body, ClassifyRequest, EmbedRequest, EmbeddingsRequest, SearchRequest, body_schema,
+    check_finite, parse_body, parse_inputs, parse_vectors,
+)
+from .state import ServerState  # noqa: E402
 
 log = logging.getLogger("mrl_deploy.serve")
 
-MODEL_PATHS = ("/v1/embeddings", "/embed", "/", "/v1/classify", "/v1/search")
 LARGE_BODY = 1 << 20          # bodies past 1 MiB are parsed in a worker thread, off the event loop
 LARGE_RESPONSE = 200_000      # numbers past which a response is serialised in a worker thread
-MAX_K = 1000
-MAX_EXPANSION = 65536
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    """An answer other than 200, with OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-
-def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _busy(exc: Overloaded) -> ApiError:
-    return ApiError(503, str(exc), type="server_error", code="overloaded",
-                    headers={"Retry-After": str(exc.retry_after)})
-
-
-# --- request models (all validation lives in the app) ----------------------------------------------
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EmbeddingsRequest(_Body):
-    """OpenAI's embeddings request."""
-    input: Any
-    model: Optional[StrictStr] = None
-    dimensions: Optional[StrictInt] = None
-    encoding_format: Literal["float", "base64"] = "float"
-    user: Optional[StrictStr] = None
-    shape: Optional[list[StrictInt]] = None
-
-
-class EmbedRequest(_Body):
-    """text-embeddings-inference's /embed request (the fields TEI clients such as
-    huggingface_hub's InferenceClient send: truncate, truncation_direction, prompt_name)."""
-    inputs: Any
-    dimensions: Optional[StrictInt] = None
-    normalize: StrictBool = True
-    truncate: Optional[StrictBool] = None
-    truncation_direction: Optional[Literal["Left", "Right", "left", "right"]] = None
-    prompt_name: Optional[StrictStr] = None
-    shape: Optional[list[StrictInt]] = None
-
-
-class ClassifyRequest(_Body):
-    input: Any
-    model: Optional[StrictStr] = None
-    cascade: Optional[StrictBool] = None
-    dimensions: Optional[StrictInt] = None
-    shape: Optional[list[StrictInt]] = None
-
-
-class SearchRequest(_Body):
-    input: Any
-    model: Optional[StrictStr] = None
-    k: StrictInt = 10
-    shortlist: Optional[StrictInt] = None
-    funnel: Optional[Union[StrictStr, list[tuple[StrictInt, StrictInt]]]] = None
-    expansion_search: Optional[StrictInt] = None
-
-
-def _schema(model: type[_Body]) -> dict[str, Any]:
-    """The request body's schema for /docs (the routes read and validate the body themselves, so
-    that a large one is parsed off the event loop)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-def _parse(model: type[_Body], raw: bytes) -> Any:
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except (ValidationError, RecursionError) as exc:
-        raise _validation_error(exc) from None
-
-
-def _validation_error(exc: Exception) -> ApiError:
-    errors = exc.errors() if isinstance(exc, (ValidationError, RequestValidationError)) else []
-    if not errors:
-        return ApiError(400, "the request body is malformed", code="invalid_request")
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = loc[0] if loc else None
-    where = ".".join(loc) or "body"
-    message = first.get("msg", "invalid value")
-    if first.get("type") == "extra_forbidden":
-        message = "unknown field"
-    elif first.get("type") == "missing":
-        message = "required field is missing"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return ApiError(400, f"{where}: {message}{more}", param=param, code="invalid_request")
-
-
-# --- inputs ----------------------------------------------------------------------------------------
-
-def parse_inputs(artifact: Artifact, value: Any, *, shape: list[int] | None, param: str, max_items: int) -> list:
-    """A request's inputs as items for the backend: texts for text models, per-sample feeds
-    {input name: array} for tensor models (nested numbers, or base64 float32 with `shape`)."""
-    if artifact.is_text:
-        if shape is not None:
-            raise ApiError(400, "shape is only for base64 tensor inputs; this is a text model", param="shape")
-        texts = [value] if isinstance(value, str) else value
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            if isinstance(texts, list) and not texts:
-                raise ApiError(400, f"{param} is empty: give a string or a list of strings", param=param)
-            if isinstance(texts, list) and all(isinstance(t, (int, list)) and not isinstance(t, bool) for t in texts):
-                raise ApiError(400, f"{param}: token ids are not accepted, send text (the server tokenizes it)",
-                               param=param)
-            raise ApiError(400, f"{param} must be a string or a list of strings (this is a text model)", param=param)
-        _check_count(len(texts), max_items, param)
-        empty = next((i for i, t in enumerate(texts) if not t), None)
-        if empty is not None:
-            raise ApiError(400, f"{param}[{empty}] is an empty string", param=param)
-        return texts
-    if isinstance(value, str):
-        array = _from_base64(value, shape, param)
-    elif shape is not None:
-        raise ApiError(400, "shape goes with a base64 string input; nested lists carry their own shape", param="shape")
-    elif isinstance(value, dict):
-        array = {str(name): _numbers(v, f"{param}.{name}") for name, v in value.items()}
-    else:
-        array = _numbers(value, param)
-    try:
-        feed = artifact.tensor_feed(array)
-    except MRLDeployError as exc:
-        raise ApiError(400, f"{param}: {exc}", param=param) from None
-    count = len(next(iter(feed.values())))
-    if count == 0:
-        raise ApiError(400, f"{param} is empty", param=param)
-    _check_count(count, max_items, param)
-    return [{name: rows[i] for name, rows in feed.items()} for i in range(count)]
-
-
-def _check_count(count: int, max_items: int, param: str) -> None:
-    if count > max_items:
-        raise ApiError(413, f"{param} has {count} items; this server takes at most {max_items} per request "
-                            "(--max-request-items)", param=param, code="too_many_items")
-
-
-def _numbers(value: Any, param: str) -> np.ndarray:
-    if not isinstance(value, list) or not value:
-        raise ApiError(400, f"{param} must be a non-empty (nested) list of numbers with the model's input shape",
-                       param=param)
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError):
-        raise ApiError(400, f"{param} is not a rectangular list of numbers", param=param) from None
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ApiError(400, f"{param} must hold numbers only", param=param)
-    return array
-
-
-def _from_base64(value: str, shape: list[int] | None, param: str) -> np.ndarray:
-    if shape is None:
-        raise ApiError(400, f"{param} is a string: for a tensor model that is base64 float32 and needs a shape field",
-                       param="shape")
-    if not 1 <= len(shape) <= 16 or any(s < 0 for s in shape):
-        raise ApiError(400, f"shape must be 1 to 16 non-negative integers, got {shape[:20]}", param="shape")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{param} is not valid base64", param=param) from None
-    if len(raw) != 4 * math.prod(shape):
-        raise ApiError(400, f"{param} holds {len(raw)} bytes; shape {shape} of float32 needs {4 * math.prod(shape)}",
-                       param=param)
-    return np.frombuffer(raw, dtype="<f4").reshape(shape)
-
-
-def _finite(rows: np.ndarray, param: str) -> np.ndarray:
-    """The model's rows, or a 400 for the first input it could not represent (inputs far outside
-    the range it was trained on can overflow inside the graph)."""
-    bad = ~np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
-    if bad.any():
-        raise ApiError(400, f"{param}[{int(np.argmax(bad))}]: the model's output is not finite for this input "
-                            "(values far outside its range?)", param=param, code="non_finite_output")
-    return rows
-
-
-def _vectors(value: Any, max_items: int) -> np.ndarray | None:
-    """Query vectors (a list of numbers, or of lists of numbers) or None for texts."""
-    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        return None
-    array = _numbers(value, "input").astype(np.float32)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2:
-        raise ApiError(400, f"input vectors must be a list of numbers or a list of lists, got shape {array.shape}",
-                       param="input")
-    _check_count(len(array), max_items, "input")
-    return array
-
-
-# --- the state of one app --------------------------------------------------------------------------
-
-@dataclass
-class ServerState:
-    artifact: Artifact
-    index: Any
-    backend: Any
-    metrics: Metrics
-    model_name: str
-    max_request_items: int
-    max_body_bytes: int
-    api_key: bytes | None
-    verify: bool                       # check the artifact's checksums while loading
-    settings: dict[str, Any]
-    ready: bool = False
-    draining: bool = False
-    error: str | None = None
-    runtime_info: dict[str, Any] = field(default_factory=dict)
-    arriving: int = 0                  # requests in a model route that have not reached the backend yet
-    on_fatal: Callable[[BaseException], None] | None = None
-
-    def load(self) -> dict[str, Any]:
-        if self.verify:
-            from ..manifest import verify_files
-
-            verify_files(self.artifact.path, self.artifact.manifest)
-        return self.backend.load()
 
 
 def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: Any = None,
@@ -299,12 +64,10 @@ def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: A
     verify = not isinstance(artifact, Artifact)
     if verify:
         artifact = Artifact.load(artifact, verify=False)
-    for name, value, low in (("max_batch", max_batch, 1), ("max_queue", max_queue, 1),
-                             ("max_request_items", max_request_items, 1), ("max_body_bytes", max_body_bytes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MRLDeployError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not (isinstance(max_delay_ms, (int, float)) and 0 <= max_delay_ms <= 10_000):
-        raise MRLDeployError(f"max_delay_ms must be between 0 and 10000, got {max_delay_ms!r}")
+    for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_request_items", max_request_items),
+                        ("max_body_bytes", max_body_bytes)):
+        check_number(value, name, 1, integer=True)
+    check_number(max_delay_ms, "max_delay_ms", 0, 10_000)
     if api_key is not None and not api_key:
         raise MRLDeployError("the API key is empty")
     built_with = ((getattr(index, "settings", None) or {}).get("source") or {}).get("artifact")
@@ -339,9 +102,9 @@ def create_app(artifact: Artifact | str | Path, index: Any = None, *, backend: A
     app = FastAPI(title="mrl-deploy", summary="Matryoshka embeddings, cascades and adaptive search",
                   lifespan=lifespan)
     app.state.mrl = state
-    _add_error_handlers(app)
+    add_error_handlers(app)
     _add_routes(app, state)
-    app.add_middleware(_Gate, state=state)
+    app.add_middleware(Gate, state=state)
     return app
 
 
@@ -359,117 +122,6 @@ async def _load(state: ServerState) -> None:
     state.metrics.loaded.set(1)
     info = state.runtime_info
     log.info("ready: %s on %s (%s)", state.model_name, info.get("runtime", "?"), info.get("device", "?"))
-
-
-# --- middleware: auth, body limit, metrics -----------------------------------------------------------
-
-class _Gate:
-    """Pure ASGI (cheaper than BaseHTTPMiddleware): times every request for /metrics, counts the
-    model requests on their way to the batcher (its `arriving` hint), refuses requests without
-    the API key (401) and bodies past the limit (413) before they are read."""
-
-    def __init__(self, app: Any, state: ServerState):
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state, path, started, status = self.state, scope["path"], time.perf_counter(), [500]
-
-        async def send_and_see(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        if path in MODEL_PATHS:
-            scope["mrl.arriving"] = True
-            state.arriving += 1
-        try:
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send_and_see)
-                return
-            await self.app(scope, self._limited(receive), send_and_see)
-        finally:
-            if scope.pop("mrl.arriving", False):
-                state.arriving -= 1
-            state.metrics.observe_request(path, status[0], time.perf_counter() - started)
-
-    def _refusal(self, scope: dict) -> Response | None:
-        state = self.state
-        headers = dict(scope.get("headers") or [])
-        if state.api_key is not None and scope["path"] != "/health":
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + state.api_key):
-                return error_response(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                return error_response(400, "Content-Length is not a number", code="invalid_request")
-            if size > state.max_body_bytes:
-                return _too_large(state.max_body_bytes)
-        return None
-
-    def _limited(self, receive: Callable) -> Callable:
-        limit, seen = self.state.max_body_bytes, [0]
-
-        async def receive_limited() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > limit:
-                    raise ApiError(413, _too_large_message(limit), code="body_too_large")
-            return message
-
-        return receive_limited
-
-
-def _too_large_message(limit: int) -> str:
-    return f"the request body is larger than {limit} bytes (--max-body-mb)"
-
-
-def _too_large(limit: int) -> Response:
-    return error_response(413, _too_large_message(limit), code="body_too_large")
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
-
-    @app.exception_handler(Overloaded)
-    async def overloaded(request: Request, exc: Overloaded) -> Response:
-        return await api_error(request, _busy(exc))
-
-    @app.exception_handler(MRLDeployError)
-    async def library_error(request: Request, exc: MRLDeployError) -> Response:
-        # the library's one-line errors are about what the request asked for
-        return error_response(400, str(exc), code="invalid_request")
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return await api_error(request, _validation_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(exc.status_code, str(exc.detail), code=codes.get(exc.status_code),
-                              headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
-        return error_response(400, "the client went away before sending the whole body", code="client_disconnect")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}", type="server_error",
-                              code="internal_error")
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -490,7 +142,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     exported = artifact.exported_dims
     cascade_data = artifact.manifest.get("cascade")
 
-    async def body(request: Request, model: type[_Body], prepare: Callable[[Any], Any]) -> Any:
+    async def body(request: Request, model: type[Body], prepare: Callable[[Any], Any]) -> Any:
         """Read, parse and validate the body (in a worker thread when it is large)."""
         if not state.ready:
             if state.error is not None:
@@ -499,7 +151,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             raise ApiError(503, "the model is loading", type="server_error", code="loading",
                            headers={"Retry-After": "1"})
         raw = await request.body()
-        work = lambda: prepare(_parse(model, raw))  # noqa: E731
+        work = lambda: prepare(parse_body(model, raw))  # noqa: E731
         return await asyncio.to_thread(work) if len(raw) > LARGE_BODY else work()
 
     async def run(request: Request, items: list, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -508,7 +160,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         try:
             return await state.backend.run(items, outputs)
         except Overloaded as exc:
-            raise _busy(exc) from None
+            raise busy(exc) from None
 
     def check_model(name: str | None) -> None:
         if name is not None and name != state.model_name:
@@ -536,13 +188,13 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         items = parse_inputs(artifact, req.input, shape=req.shape, param="input", max_items=state.max_request_items)
         return req, dim, items
 
-    @app.post("/v1/embeddings", openapi_extra=_schema(EmbeddingsRequest))
+    @app.post("/v1/embeddings", openapi_extra=body_schema(EmbeddingsRequest))
     async def embeddings(request: Request) -> Response:
         """OpenAI's embeddings API: `dimensions` is any dim up to the largest exported one."""
         req, dim, items = await body(request, EmbeddingsRequest, prepare_embeddings)
         output = artifact.embedding_output(dim)
         rows = await run(request, items, [output])
-        vectors = _finite(Artifact.at_dim(rows[output], dim), "input")
+        vectors = check_finite(Artifact.at_dim(rows[output], dim), "input")
         state.metrics.items.labels("/v1/embeddings").inc(len(items))
         if req.encoding_format == "base64":
             encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
@@ -574,15 +226,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                                     "send truncate: true to cut it", param="inputs", code="input_too_long")
         return dim, items
 
-    @app.post("/", openapi_extra=_schema(EmbedRequest), include_in_schema=False)
-    @app.post("/embed", openapi_extra=_schema(EmbedRequest))
+    @app.post("/", openapi_extra=body_schema(EmbedRequest), include_in_schema=False)
+    @app.post("/embed", openapi_extra=body_schema(EmbedRequest))
     async def embed(request: Request) -> Response:
         """text-embeddings-inference's /embed: a list of vectors (also at POST /, TEI's route for
         the Inference API clients, which post to the base URL)."""
         dim, items = await body(request, EmbedRequest, prepare_embed)
         output = artifact.embedding_output(dim)
         rows = await run(request, items, [output])
-        vectors = _finite(Artifact.at_dim(rows[output], dim), "inputs")
+        vectors = check_finite(Artifact.at_dim(rows[output], dim), "inputs")
         state.metrics.items.labels("/embed").inc(len(items))
         return await _respond(vectors.tolist(), vectors.size)
 
@@ -611,12 +263,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         items = parse_inputs(artifact, req.input, shape=req.shape, param="input", max_items=state.max_request_items)
         return cascade, mode, items
 
-    @app.post("/v1/classify", openapi_extra=_schema(ClassifyRequest))
+    @app.post("/v1/classify", openapi_extra=body_schema(ClassifyRequest))
     async def classify(request: Request) -> Response:
         """One head (`dimensions`, default the largest) or the calibrated cascade (`cascade: true`)."""
         cascade, mode, items = await body(request, ClassifyRequest, prepare_classify)
         rows = await run(request, items, [f"logits_{d}" for d in cascade.dims])
-        result = cascade.run({d: _finite(rows[f"logits_{d}"], "input") for d in cascade.dims})
+        result = cascade.run({d: check_finite(rows[f"logits_{d}"], "input") for d in cascade.dims})
         state.metrics.items.labels("/v1/classify").inc(len(items))
         labels = artifact.labels
         data = []
@@ -647,7 +299,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             stages = index.plan(req.k, shortlist_size=req.shortlist, funnel=funnel)
         except MRLDeployError as exc:
             raise ApiError(400, str(exc), param="funnel" if funnel is not None else "shortlist") from None
-        vectors = _vectors(req.input, state.max_request_items)
+        vectors = parse_vectors(req.input, state.max_request_items)
         texts = None
         if vectors is None:
             if not artifact.is_text:
@@ -656,7 +308,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             texts = parse_inputs(artifact, req.input, shape=None, param="input", max_items=state.max_request_items)
         return req, stages, vectors, texts
 
-    @app.post("/v1/search", openapi_extra=_schema(SearchRequest))
+    @app.post("/v1/search", openapi_extra=body_schema(SearchRequest))
     async def search(request: Request) -> Response:
         """Adaptive search: texts are embedded at the index's dim in the shared batches."""
         req, stages, vectors, texts = await body(request, SearchRequest, prepare_search)
@@ -665,7 +317,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if texts is not None:
             output = artifact.embedding_output(index.full_dim)
             rows = await run(request, texts, [output])
-            vectors = _finite(Artifact.at_dim(rows[output], index.full_dim), "input")
+            vectors = check_finite(Artifact.at_dim(rows[output], index.full_dim), "input")
             state.metrics.items.labels("/v1/search").inc(len(texts))
 
         def find() -> tuple:

@@ -31,6 +31,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from ..errors import check_number
+
 # Beside the outputs, a text batch reports each item's token count (its attention mask's sum)
 TOKENS = "tokens"
 
@@ -90,11 +92,9 @@ class Batcher:
     def __init__(self, call: Callable[[list, list[str]], dict[str, np.ndarray]], *, max_batch: int = 64,
                  max_delay: float = 0.002, max_queue: int = 1024, arriving: Callable[[], int] | None = None,
                  on_batch: Callable[[int, float], None] | None = None):
-        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(max_delay, (int, float)) and 0 <= max_delay < math.inf):
-            raise ValueError(f"max_delay must be >= 0 seconds, got {max_delay!r}")
+        check_number(max_batch, "max_batch", 1, integer=True)
+        check_number(max_queue, "max_queue", 1, integer=True)
+        check_number(max_delay, "max_delay (seconds)", 0)
         self.call = call
         self.max_batch = max_batch
         self.max_delay = float(max_delay)

@@ -1,0 +1,5 @@
+"""`python -m mrl_deploy.cli`: the same as the `mrl-deploy` command."""
+
+from . import main
+
+main()
