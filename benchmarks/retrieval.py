@@ -115,15 +115,16 @@ def write_synthetic(path: Path, count: int, dim: int = 768, dtype: str = "f32", 
     """The corpus as an .npy file, written chunk by chunk (never whole in RAM) and renamed into
     place when complete; reused when it is there. Returns it memory-mapped."""
     if not path.is_file():
+        from mrl_deploy.manifest import atomic_path
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         say(f"writing {count:,} x {dim} {dtype} synthetic vectors to {path}")
-        with open(tmp, "wb") as handle:
+        # atomic_path deletes the partial file when writing fails (a full disk left 2 GB behind)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(
                 {"f32": np.float32, "f16": np.float16}[dtype])), "fortran_order": False, "shape": (count, dim)})
             for block in synthetic_chunks(count, dim, **options):
                 handle.write(block.astype({"f32": np.float32, "f16": np.float16}[dtype]).tobytes())
-        os.replace(tmp, path)
     return np.load(path, mmap_mode="r")
 
 
