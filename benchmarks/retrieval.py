@@ -622,6 +622,19 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_results(result: dict, output: Path, begun: float, plot) -> None:
+    """The end of a benchmark run, for this script and retrieval_scale.py: its seconds and the
+    load average at the end into `result`, then the JSON at `output` and `plot`'s PNG beside it."""
+    from mrl_deploy.machine import machine_info
+
+    result["seconds"] = time.perf_counter() - begun
+    result["machine"]["load_average_end"] = machine_info()["load_average"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    plot(result, output.with_suffix(".png"))
+    say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000, help="synthetic corpus size (default 1,000,000)")
@@ -663,12 +676,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 settings[corpus], not args.no_hnsw, not args.no_peers, args.cache)
         say(f"{corpus}: {json.dumps(result['synthetic'][corpus]['summary'])}")
     result["real"] = {} if args.no_real else real_corpora(["digits", "bbc-news"])
-    result["seconds"] = time.perf_counter() - begun
-    result["machine"]["load_average_end"] = machine_info()["load_average"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    plot(result, output.with_suffix(".png"))
-    say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
+    write_results(result, output, begun, plot)
     if args.update_readme and not args.quick:
         blocks = {"retrieval:headline": "\n".join(headline(result))}
         blocks.update({f"retrieval:{name}": "\n".join(corpus_table(synth))

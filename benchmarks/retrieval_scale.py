@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
-from retrieval import (CACHE, K, RESULTS, corpus_options, latency_ms, replace_blocks, say,  # noqa: E402
+from retrieval import (CACHE, K, RESULTS, corpus_options, latency_ms, replace_blocks, say, write_results,  # noqa: E402
                        synthetic_mrl_corpus, timed, write_synthetic)
 
 SIZES = (100_000, 1_000_000, 10_000_000)
@@ -395,12 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         result["sizes"].append(one_size(size, args.dim, args.corpus, args.queries, args.repeats, args.f16_from,
                                         args.cache, funnels))
-    result["seconds"] = time.perf_counter() - begun
-    result["machine"]["load_average_end"] = machine_info()["load_average"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    plot(result, output.with_suffix(".png"))
-    say(f"wrote {output} and {output.with_suffix('.png')} in {result['seconds']:.0f} s")
+    write_results(result, output, begun, plot)
     if args.update_readme and not args.quick:
         replace_blocks({"retrieval_scale:curve": "\n".join(curve_table(result)),
                         "retrieval_scale:billion": "\n".join(billion_table(result))})
