@@ -1,5 +1,6 @@
 """AdaptiveIndex (mrl_deploy.retrieval), the retrieval metrics, and the index / search / tune commands."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -635,11 +636,19 @@ def test_ivf_shortlist_probing_every_list_is_exact_search_at_ds(data):
     index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="ivf", lists=16)
     assert index.settings["lists"] == 16 and index.settings["format_version"] == 2
     rows, scores, counts = index._shortlist_search(data["queries"], 50, 16)      # all 16 lists: brute force
-    expected, expected_scores = numpy_top_k(data["corpus"], data["queries"], 50, dim=16)
     assert (counts == 50).all()
-    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
-    same = [len(np.intersect1d(a, b)) for a, b in zip(rows, expected)]
-    assert np.mean(same) >= 49.9          # the same rows (an exact tie may swap the 50th)
+    # the lists hold int8 codes round(x * scale): brute force over the same codes, in integers
+    scale = index._shortlist.scale
+    corpus_codes = np.clip(np.round(prefix(data["corpus"], 16) * scale), -127, 127).astype(np.int64)
+    query_codes = np.clip(np.round(prefix(data["queries"], 16) * scale), -127, 127).astype(np.int64)
+    products = query_codes @ corpus_codes.T
+    kth = -np.sort(-products, axis=1)[:, 49]
+    np.testing.assert_allclose(scores, -np.sort(-products, axis=1)[:, :50] / scale ** 2, rtol=1e-6)
+    assert all(set(r) <= set(np.flatnonzero(p >= t)) for r, p, t in zip(rows, products, kth))   # ties aside
+    # and the codes rank close to the float prefixes
+    expected, expected_scores = numpy_top_k(data["corpus"], data["queries"], 50, dim=16)
+    np.testing.assert_allclose(scores, expected_scores, atol=16 / scale)
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(rows, expected)]) >= 47
     few, _, few_counts = index._shortlist_search(data["queries"], 50, 2)          # 2 of 16 lists: fewer found
     assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(few, expected)]) < 50
 
@@ -658,6 +667,32 @@ def test_ivf_funnel_recall_save_load_add(data, tmp_path):
     keys = writable.add(extra)
     found, _ = writable.search(extra, k=1, shortlist_size=20, expansion_search=8)
     np.testing.assert_array_equal(found[:, 0], keys)      # each added vector finds itself
+
+
+def test_ivf_reads_lists_saved_as_f32_vectors(data, tmp_path):
+    """Indexes saved before the int8 codes hold the f32 prefixes (`vectors`): they load, encoded."""
+    index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="ivf", lists=8)
+    path = index.save(tmp_path / "ix")
+    with np.load(path / "shortlist.ivf.npz") as saved:
+        parts = {name: saved[name] for name in ("centroids", "offsets", "keys")}
+    legacy = {**parts, "vectors": prefix(data["corpus"], 16)[parts["keys"].astype(np.int64)].astype(np.float32)}
+    def write_shortlist(arrays):
+        with open(path / "shortlist.ivf.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        description = json.loads((path / "index.json").read_text())
+        data_bytes = (path / "shortlist.ivf.npz").read_bytes()
+        description["files"]["shortlist.ivf.npz"] = {"bytes": len(data_bytes),
+                                                     "sha256": hashlib.sha256(data_bytes).hexdigest()}
+        (path / "index.json").write_text(json.dumps(description))
+
+    write_shortlist(legacy)
+    loaded = AdaptiveIndex.load(path, verify=True)
+    assert loaded._shortlist.codes.dtype == np.int8
+    ids, _ = loaded.search(data["queries"], k=K, shortlist_size=200, expansion_search=8)
+    assert recall_at_k(ids, data["truth"]) >= 0.95
+    write_shortlist(parts)
+    with pytest.raises(ArtifactError, match="neither codes nor vectors"):
+        AdaptiveIndex.load(path)
 
 
 def test_ivf_centroids_find_separated_clusters():
