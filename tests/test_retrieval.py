@@ -695,6 +695,23 @@ def test_ivf_reads_lists_saved_as_f32_vectors(data, tmp_path):
         AdaptiveIndex.load(path)
 
 
+def test_ivf_counts_pending_rows_and_searches_after_each_add(data):
+    from mrl_deploy.retrieval.ivf import IVFShortlist
+
+    shortlist = IVFShortlist(16, lists=8, expansion_search=8)       # all lists probed: brute force
+    vectors = prefix(data["corpus"], 16)
+    shortlist.train(vectors)
+    shortlist.add(np.arange(100, dtype=np.uint64), vectors[:100])
+    shortlist.add(np.arange(100, 300, dtype=np.uint64), vectors[100:300])
+    assert len(shortlist) == 300                                     # pending rows count
+    first = shortlist.search(vectors[:5], 1)
+    np.testing.assert_array_equal(first.keys[:, 0], np.arange(5))   # each finds itself
+    shortlist.add(np.arange(300, 400, dtype=np.uint64), vectors[300:400])   # after a search: repacked
+    again = shortlist.search(vectors[300:305], 1)
+    np.testing.assert_array_equal(again.keys[:, 0], np.arange(300, 305))
+    assert len(shortlist) == 400
+
+
 def test_ivf_centroids_find_separated_clusters():
     from mrl_deploy.retrieval.ivf import train_centroids
 

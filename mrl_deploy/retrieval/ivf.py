@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
-from .kernels import _blocks, _pool
+from .kernels import _blocks, parallel
 
 KMEANS_ITERATIONS = 10
 SAMPLE_PER_LIST = 64        # training rows per list (faiss asks for 39-256)
@@ -114,11 +114,11 @@ class IVFShortlist:
         self.keys = np.empty(0, dtype=np.uint64)                    # the row of each, in list order
         self.offsets = np.zeros(self.lists + 1, dtype=np.int64)     # list l: [offsets[l], offsets[l + 1])
         self._packed: list[Any] = []                                # numkong's packed codes, per list
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []    # (keys, lists, codes)
         self._merge_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.keys) + sum(len(k) for k, _ in self._pending)
+        return len(self.keys) + sum(len(keys) for keys, _, _ in self._pending)
 
     @property
     def serialized_length(self) -> int:
@@ -226,9 +226,9 @@ class IVFShortlist:
             distances[part, :take] = np.where(valid, 1.0 - values * unit, np.nan)
 
         n = len(_blocks(len(groups)))
-        _parallel(score, [groups[s::n] for s in range(n)])     # interleaved: big and small lists mixed
+        parallel(score, [groups[s::n] for s in range(n)])     # interleaved: big and small lists mixed
         by_run = np.argsort(sizes.sum(axis=1), kind="stable")                # little padding per block
-        _parallel(select, [by_run[r.start:r.stop] for r in _blocks(len(block), per_block=64)])
+        parallel(select, [by_run[r.start:r.stop] for r in _blocks(len(block), per_block=64)])
         return Matches(keys, distances, counts, computed_distances=int(sizes.sum()) + len(block) * self.lists)
 
     # --- files: one .npz (centroids, code scale, list offsets, rows and codes in list order) ------------
@@ -262,11 +262,3 @@ class IVFShortlist:
             raise ArtifactError(f"{path} is an inconsistent IVF shortlist")
         return index
 
-
-def _parallel(work, parts: list) -> None:
-    """Run work(part) for each part, on the shared pool when there is more than one."""
-    parts = [p for p in parts if len(p)]
-    if len(parts) == 1:
-        work(parts[0])
-    elif parts:
-        list(_pool().map(work, parts))

@@ -115,12 +115,17 @@ def rerank(store: np.ndarray, queries: np.ndarray, candidates: np.ndarray, count
             scores[i, :n] = 1.0 - dist[0, :n]
             kept[i] = n
 
-    blocks = _blocks(len(q))
-    if len(blocks) == 1:
-        work(blocks[0])
-    else:
-        list(_pool().map(work, blocks))
+    parallel(work, _blocks(len(q)))
     return rows, scores, kept
+
+
+def parallel(work, parts: list) -> None:
+    """work(part) for each non-empty part, on the shared pool when there is more than one."""
+    parts = [p for p in parts if len(p)]
+    if len(parts) == 1:
+        work(parts[0])
+    elif parts:
+        list(_pool().map(work, parts))
 
 
 def _blocks(count: int, per_block: int = 16) -> list[range]:
