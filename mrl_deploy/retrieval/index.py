@@ -136,9 +136,10 @@ class AdaptiveIndex:
         min(64, d/4), at least 8), a rerank store of the first `rerank_dim` (default d). `texts`
         and / or `metadata` (one JSON object per vector) are kept beside them (`documents`).
 
-        dtype "ivf": inverted lists instead of the graph (ivf.py): `lists` of them (default about
-        4 sqrt(N)) trained on a sample spread over the whole corpus; `expansion_search` is then the
-        number of lists a query scans (default 8; HNSW's default search width is 64).
+        dtype "ivf": inverted lists of int8 codes instead of the graph (ivf.py): `lists` of them
+        (default about N / 512, a power of two) trained on a sample spread over the whole corpus;
+        `expansion_search` is then the number of lists a query scores (default 8; HNSW's default
+        search width is 64).
 
         One pass over the vectors, CHUNK_ROWS at a time: a memory-mapped .npy is never read whole
         (its pages are dropped after each chunk), nor is an `embed --ray` directory
@@ -461,7 +462,8 @@ def new_shortlist_index(settings: dict[str, Any]):
 
 def shortlist_vectors(vectors: np.ndarray, dim: int, dtype: str) -> np.ndarray:
     """What the shortlist index stores for these rows: the re-normalised Ds prefix (usearch casts it
-    to f16 / i8; ivf keeps f32), or for b1 its sign bits packed 8 per byte (Hamming distance)."""
+    to f16 / i8; ivf encodes it as int8 codes), or for b1 its sign bits packed 8 per byte (Hamming
+    distance)."""
     part = prefix(vectors, dim)
     return np.packbits(part > 0, axis=1) if dtype == "b1" else part
 
