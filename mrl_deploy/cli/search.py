@@ -74,7 +74,7 @@ def index_command(
     output: Path = typer.Option(..., "--output", "-o", help="Index directory to write (an existing index there is replaced only once the new one is complete)."),
     shortlist_dim: Optional[int] = number(None, "--shortlist-dim", low=1, help="Ds: dims of the HNSW shortlist index (default: min(64, Dr/4), at least 8)."),
     rerank_dim: Optional[int] = number(None, "--rerank-dim", low=1, help="Dr: dims of the rerank store (default: the vectors' full dim)."),
-    dtype: str = typer.Option("f16", "--dtype", help="Shortlist index dtype: f32, f16, i8 (loses recall at high Ds) or b1 (sign bits, Hamming distance)."),
+    dtype: str = typer.Option("f16", "--dtype", help="Shortlist index dtype: f32, f16, i8 (loses recall at high Ds) or b1 (sign bits, Hamming distance) for an HNSW graph; ivf for inverted lists of int8 codes (fast batches where k' must be large)."),
     rerank_dtype: str = typer.Option("f16", "--rerank-dtype", help="Rerank store dtype (memory-mapped from disk): f16 or f32."),
     keys: Optional[Path] = typer.Option(None, "--keys", help="One non-negative int64 id per vector (.npy); default 0..N-1 (with --append: after the largest id)."),
     connectivity: int = number(16, "--connectivity", low=2, help="HNSW M, edges per node: more gives better recall and a bigger index."),

@@ -91,9 +91,12 @@ def encode(vectors: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(np.asarray(vectors, dtype=np.float32) * np.float32(scale)), -127, 127).astype(np.int8)
 
 
-def assign(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 16384) -> np.ndarray:
+def assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid of each row, in chunks of at most 2^24 scores (64 MB) whatever the
+    number of lists: 16,384 rows x 8,192 lists at a time was 512 MB of a 5M build's peak."""
+    chunk = max(1, 2**24 // max(1, len(centroids)))
     return np.concatenate([np.argmax(vectors[s:s + chunk] @ centroids.T, axis=1)
-                           for s in range(0, len(vectors), chunk)]).astype(np.int64)
+                           for s in range(0, len(vectors), chunk)] or [np.empty(0, dtype=np.int64)]).astype(np.int64)
 
 
 @dataclass
@@ -260,5 +263,6 @@ class IVFShortlist:
         if (codes.dtype != np.int8 or index.offsets[-1] != len(index.keys) or len(index.keys) != len(codes)
                 or len(offsets) != len(centroids) + 1):
             raise ArtifactError(f"{path} is an inconsistent IVF shortlist")
+        index._merge()      # pack the lists now: the first query would wait for it (0.14 s at 1M x 64)
         return index
 
