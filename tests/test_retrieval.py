@@ -1,6 +1,5 @@
 """AdaptiveIndex (mrl_deploy.retrieval), the retrieval metrics, and the index / search / tune commands."""
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -673,6 +672,8 @@ def test_ivf_funnel_recall_save_load_add(data, tmp_path):
 
 def test_ivf_reads_lists_saved_as_f32_vectors(data, tmp_path):
     """Indexes saved before the int8 codes hold the f32 prefixes (`vectors`): they load, encoded."""
+    from mrl_deploy.manifest import sha256_file
+
     index = AdaptiveIndex.build(data["corpus"], shortlist_dim=16, dtype="ivf", lists=8)
     path = index.save(tmp_path / "ix")
     with np.load(path / "shortlist.ivf.npz") as saved:
@@ -682,9 +683,8 @@ def test_ivf_reads_lists_saved_as_f32_vectors(data, tmp_path):
         with open(path / "shortlist.ivf.npz", "wb") as handle:
             np.savez(handle, **arrays)
         description = json.loads((path / "index.json").read_text())
-        data_bytes = (path / "shortlist.ivf.npz").read_bytes()
-        description["files"]["shortlist.ivf.npz"] = {"bytes": len(data_bytes),
-                                                     "sha256": hashlib.sha256(data_bytes).hexdigest()}
+        description["files"]["shortlist.ivf.npz"] = {"bytes": (path / "shortlist.ivf.npz").stat().st_size,
+                                                     "sha256": sha256_file(path / "shortlist.ivf.npz")}
         (path / "index.json").write_text(json.dumps(description))
 
     write_shortlist(legacy)

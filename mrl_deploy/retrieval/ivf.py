@@ -178,6 +178,7 @@ class IVFShortlist:
         nearest = np.argpartition(-scores, probes - 1, axis=1)[:, :probes] if probes < self.lists else \
             np.broadcast_to(np.arange(self.lists), (len(block), self.lists))
         sizes = np.diff(self.offsets)[nearest]                                      # Q x probes
+        runs = sizes.sum(axis=1)                                        # rows each query scores
         # one run of `found` per query: its probed lists' scores one after another
         ends = np.cumsum(sizes.ravel()).reshape(sizes.shape)
         starts = ends - sizes
@@ -200,19 +201,19 @@ class IVFShortlist:
 
         keys = np.zeros((len(block), count), dtype=np.uint64)
         distances = np.full((len(block), count), np.nan, dtype=np.float32)
-        counts = np.minimum(sizes.sum(axis=1), count).astype(np.int64)
+        counts = np.minimum(runs, count).astype(np.int64)
         unit = np.float32(1.0 / (self.scale * self.scale))
 
         def select(part: np.ndarray) -> None:
             """The best of a block of queries of similar run lengths, padded into one matrix: one
             argpartition call per block (numpy releases the GIL in it; a call per query did not
             scale past one core: the Python between the calls held it)."""
-            runs = sizes[part].sum(axis=1)
-            width, take = int(runs.max()), min(count, int(runs.max()))
+            width = int(runs[part].max())
+            take = min(count, width)
             if width == 0:
                 return
             padded = np.full((len(part), width), np.iinfo(np.int32).min, dtype=np.int32)   # never wins
-            for r, (i, n) in enumerate(zip(part.tolist(), runs.tolist())):
+            for r, (i, n) in enumerate(zip(part.tolist(), runs[part].tolist())):
                 padded[r, :n] = found[starts[i, 0]:starts[i, 0] + n]
             best = np.argpartition(padded, width - take, axis=1)[:, width - take:] if take < width else \
                 np.broadcast_to(np.arange(take), (len(part), take))
@@ -230,7 +231,7 @@ class IVFShortlist:
 
         n = len(_blocks(len(groups)))
         parallel(score, [groups[s::n] for s in range(n)])     # interleaved: big and small lists mixed
-        by_run = np.argsort(sizes.sum(axis=1), kind="stable")                # little padding per block
+        by_run = np.argsort(runs, kind="stable")                             # little padding per block
         parallel(select, [by_run[r.start:r.stop] for r in _blocks(len(block), per_block=64)])
         return Matches(keys, distances, counts, computed_distances=int(sizes.sum()) + len(block) * self.lists)
 

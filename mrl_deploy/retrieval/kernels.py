@@ -99,7 +99,7 @@ def rerank(store: np.ndarray, queries: np.ndarray, candidates: np.ndarray, count
     kept = np.zeros(len(q), dtype=np.int64)
 
     def work(block: range) -> None:
-        rows_buffer = np.empty((candidates.shape[1], store.shape[1]), dtype=store.dtype)
+        rows_buffer = np.empty((candidates.shape[1], store.shape[1]), dtype=store.dtype) if dim == store.shape[1] else None
         for i in block:
             found = candidates[i, :counts[i]]
             if not len(found):
