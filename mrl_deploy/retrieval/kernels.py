@@ -99,12 +99,13 @@ def rerank(store: np.ndarray, queries: np.ndarray, candidates: np.ndarray, count
     kept = np.zeros(len(q), dtype=np.int64)
 
     def work(block: range) -> None:
-        rows_buffer = np.empty((candidates.shape[1], store.shape[1]), dtype=store.dtype) if dim == store.shape[1] else None
+        whole_rows = dim == store.shape[1]
+        rows_buffer = np.empty((candidates.shape[1], store.shape[1]), dtype=store.dtype) if whole_rows else None
         for i in block:
             found = candidates[i, :counts[i]]
             if not len(found):
                 continue
-            if dim < store.shape[1]:
+            if not whole_rows:
                 gathered = np.ascontiguousarray(store[found, :dim])
             else:   # np.take into a reused buffer: 127 vs 189 ms for 1,000 x 400 rows of 768 f16 (store[found])
                 gathered = np.take(store, found, axis=0, out=rows_buffer[:len(found)])
