@@ -125,9 +125,13 @@ def test_vectors_and_keys_as_slices_of_npy_files(data, tmp_path):
     ids = [Slice(str(tmp_path / "ids.npy"), 0, 250), Slice(str(tmp_path / "ids.npy"), 250, 600)]
     ShardedIndex.build(vectors, tmp_path / "s.index", shards=3, keys=ids, **SETTINGS)
     index = ShardedIndex.load(tmp_path / "s.index")
-    found, _ = index.search(data["queries"][:20], 5, shortlist_size=100, expansion_search=100)
-    truth_rows = numpy_top_k(corpus, data["queries"][:20], 5)[0]
-    assert recall_at_k(found, keys[truth_rows]) >= 0.95
+    truth = keys[numpy_top_k(corpus, data["queries"][:20], 5)[0]]
+    exact, _ = index.search(data["queries"][:20], 5, exact=True)
+    np.testing.assert_array_equal(exact, truth)
+    # a shortlist as large as a shard (200 rows) leaves the funnel nothing to miss; a smaller one
+    # made this test depend on how a multi-threaded HNSW build happened to link the graph
+    found, _ = index.search(data["queries"][:20], 5, shortlist_size=200, expansion_search=200)
+    assert recall_at_k(found, truth) >= 0.99
 
 
 def test_save_load_and_damage(data, sharded, tmp_path):

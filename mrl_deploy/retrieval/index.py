@@ -302,7 +302,13 @@ class AdaptiveIndex:
 
     def _run(self, store: np.ndarray, q: np.ndarray, stages: list[tuple[int, int]], expansion_search: int | None):
         dim, size = stages[0]
-        rows, scores, counts = self._shortlist_search(q, size, expansion_search, len(store))
+        if 0 < len(store) <= size:
+            # the shortlist is the whole corpus: score every row, as asked; an HNSW search for all
+            # of its nodes can miss some (a graph need not reach every node from the entry point)
+            rows, scores = exact_search(store, q, size, dim=dim)
+            counts = np.full(len(q), rows.shape[1], dtype=np.int64)
+        else:
+            rows, scores, counts = self._shortlist_search(q, size, expansion_search, len(store))
         for dim, size in stages[1:]:
             if self.prefetch:
                 prefetch_rows(store, rows, dim)
