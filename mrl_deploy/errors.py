@@ -52,7 +52,14 @@ class RepositoryError(MRLDeployError):
 def require(module: str, extra: str, what: str = ""):
     """Import an optional heavy module, or raise a MissingExtraError that names the extra."""
     import importlib
+    import sys
 
+    if module.split(".")[0] == "onnxruntime" and "onnxruntime" not in sys.modules and "usearch.compiled" in sys.modules:
+        # onnxruntime 1.32 segfaults at import (libstdc++'s codecvt) once usearch's extension is
+        # loaded: a clear error instead of a crash that loses the process
+        raise RuntimeUnavailableError(
+            "onnxruntime cannot be imported after usearch (it crashes at import): import onnxruntime "
+            "or mrl_deploy's Artifact before usearch, or run the retrieval through mrl_deploy.retrieval")
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -749,3 +749,18 @@ def test_tune_sweeps_ivf_probes(data, index):
     ivf = [p for p in tuned["report"]["points"] if p["dtype"] == "ivf"]
     assert sorted(p["expansion_search"] for p in ivf) == [2, 8]
     assert ivf[1]["recall"] >= ivf[0]["recall"] - 0.02    # more lists probed: at least as good (noise aside)
+
+
+def test_onnxruntime_after_usearch_is_a_clear_error_not_a_crash():
+    """onnxruntime 1.32 segfaults at import once usearch's extension is loaded. A user's script
+    that imports usearch first gets an error that says what to do; mrl_deploy's own retrieval
+    imports onnxruntime first, so building an index then loading a runtime works."""
+    user_first = "import usearch\nfrom mrl_deploy.errors import require\nrequire('onnxruntime', 'cpu')"
+    crashed = subprocess.run([sys.executable, "-c", user_first], capture_output=True, text=True)
+    assert crashed.returncode == 1, crashed      # a Python exception, not a signal
+    assert "cannot be imported after usearch" in crashed.stderr.strip().splitlines()[-1]
+    ours_first = ("import numpy as np\nfrom mrl_deploy.retrieval import AdaptiveIndex\n"
+                  "AdaptiveIndex.build(np.random.default_rng(0).standard_normal((40, 16)), shortlist_dim=8)\n"
+                  "from mrl_deploy.errors import require\nprint(require('onnxruntime', 'cpu').__name__)")
+    fine = subprocess.run([sys.executable, "-c", ours_first], capture_output=True, text=True)
+    assert fine.returncode == 0 and fine.stdout.strip() == "onnxruntime", fine
