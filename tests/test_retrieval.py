@@ -764,3 +764,14 @@ def test_onnxruntime_after_usearch_is_a_clear_error_not_a_crash():
                   "from mrl_deploy.errors import require\nprint(require('onnxruntime', 'cpu').__name__)")
     fine = subprocess.run([sys.executable, "-c", ours_first], capture_output=True, text=True)
     assert fine.returncode == 0 and fine.stdout.strip() == "onnxruntime", fine
+
+
+def test_cli_points_vectors_to_the_options_that_take_them(data, tmp_path):
+    """A vectors file given where an artifact's inputs go: exit 2 and a line naming the option."""
+    np.save(tmp_path / "corpus.npy", data["corpus"][:200])
+    wrong = run_cli("index", tmp_path / "corpus.npy", "-o", tmp_path / "ix")
+    assert wrong.returncode == 2 and f"--vectors {tmp_path / 'corpus.npy'}" in wrong.stderr
+    assert not (tmp_path / "ix").exists()
+    assert run_cli("index", "--vectors", tmp_path / "corpus.npy", "-o", tmp_path / "ix").returncode == 0
+    searched = run_cli("search", tmp_path / "ix", "--inputs", tmp_path / "corpus.npy")
+    assert searched.returncode == 2 and "query vectors with --queries" in searched.stderr

@@ -61,7 +61,9 @@ def _vectors_or_embedding(vectors: Optional[Path], artifact_dir: Optional[Path],
     if vectors is not None:
         return _load_vectors(vectors, "--vectors"), None, None
     if artifact_dir is None or inputs is None:
-        raise MRLDeployError("embedding needs both the artifact DIR and the INPUTS file")
+        given = artifact_dir or inputs
+        hint = f" (precomputed vectors: --vectors {given})" if given is not None and given.is_file() else ""
+        raise MRLDeployError(f"embedding needs both the artifact DIR and the INPUTS file{hint}")
     data, artifact_path, texts = _embed_with_progress(artifact_dir, inputs, None, runtime, batch_size)
     return data, {"artifact": str(artifact_path), "inputs": str(inputs)}, texts
 
@@ -235,7 +237,8 @@ def search(
     else:
         source = artifact_dir or (index.settings.get("source") or {}).get("artifact")
         if source is None:
-            raise MRLDeployError(f"{index_dir} was built from vectors: give --artifact DIR to embed --texts")
+            raise MRLDeployError(f"{index_dir} was built from vectors: give --artifact DIR to embed --texts, "
+                                 f"or query vectors with --queries")
         vectors, _, _ = _embed_with_progress(Path(source), texts, index.full_dim, runtime, 64)
     started = time.perf_counter()
     ids, scores = index.search(vectors, k, shortlist_size=shortlist, funnel=funnel, exact=exact,
