@@ -731,6 +731,19 @@ def test_ivf_counts_pending_rows_and_searches_after_each_add(data):
     assert len(shortlist) == 400
 
 
+@pytest.mark.parametrize("probes", [1, 3, 16, 17, 40, 64, 80])
+def test_ivf_nearest_lists_are_the_top_scores(probes):
+    """The lists a query probes: the `probes` highest of its centroid scores (a full sort is the
+    reference), by repeated argmax for a few probes and argpartition past 16."""
+    from mrl_deploy.retrieval.ivf import nearest_lists
+
+    scores = np.random.default_rng(probes).standard_normal((50, 64)).astype(np.float32)
+    nearest = nearest_lists(scores, probes)
+    expected = np.argsort(-scores, axis=1)[:, :min(probes, 64)]
+    assert nearest.shape == expected.shape
+    np.testing.assert_array_equal(np.sort(nearest, axis=1), np.sort(expected, axis=1))
+
+
 def test_ivf_centroids_find_separated_clusters():
     from mrl_deploy.retrieval.ivf import train_centroids
 

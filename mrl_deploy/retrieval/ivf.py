@@ -99,6 +99,23 @@ def assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
                            for s in range(0, len(vectors), chunk)] or [np.empty(0, dtype=np.int64)]).astype(np.int64)
 
 
+def nearest_lists(scores: np.ndarray, probes: int) -> np.ndarray:
+    """The `probes` highest-scoring lists of each row of `scores` (Q x L), in no particular order.
+    A few probes: one argmax pass per probe, each masking its pick (0.8 ms for 1,000 x 2,048 and
+    3 probes, against 21 ms for argpartition, which was a third of the easy corpus' shortlist)."""
+    count, lists = scores.shape
+    if probes >= lists:
+        return np.broadcast_to(np.arange(lists), (count, lists))
+    if probes > 16:
+        return np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
+    masked, rows = scores.copy(), np.arange(count)
+    nearest = np.empty((count, probes), dtype=np.int64)
+    for p in range(probes):
+        nearest[:, p] = pick = masked.argmax(axis=1)
+        masked[rows, pick] = -np.inf
+    return nearest
+
+
 @dataclass
 class Matches:
     """What usearch's search returns, as far as AdaptiveIndex reads it."""
@@ -174,9 +191,7 @@ class IVFShortlist:
         self._merge()
         block = np.asarray(block, dtype=np.float32)
         probes = max(1, min(self.expansion_search, self.lists))
-        scores = block @ self.centroids.T
-        nearest = np.argpartition(-scores, probes - 1, axis=1)[:, :probes] if probes < self.lists else \
-            np.broadcast_to(np.arange(self.lists), (len(block), self.lists))
+        nearest = nearest_lists(block @ self.centroids.T, probes)
         sizes = np.diff(self.offsets)[nearest]                                      # Q x probes
         runs = sizes.sum(axis=1)                                        # rows each query scores
         # one run of `found` per query: its probed lists' scores one after another
@@ -186,17 +201,23 @@ class IVFShortlist:
         codes = encode(block, self.scale)
         flat = nearest.ravel()
         pairs = np.argsort(flat, kind="stable")                                     # (query, probe) by list
-        groups = [g for g in np.split(pairs, np.flatnonzero(np.diff(flat[pairs])) + 1) if len(g)]
+        # group g: the pairs [begins[g], begins[g + 1]) probing list lists_of[g] (plain lists and
+        # slices: np.split into ~1,500 arrays was 3 ms of a 1,000-query batch)
+        by_list = flat[pairs]
+        begins = np.concatenate([[0], np.flatnonzero(np.diff(by_list)) + 1, [len(pairs)]]) if len(pairs) else np.zeros(1, int)
+        lists_of = by_list[begins[:-1]]
+        list_rows = np.diff(self.offsets)[lists_of].tolist()
+        lists_of, begins = lists_of.tolist(), begins.tolist()
+        query_of, start_of = pairs // probes, starts.ravel()[pairs].tolist()
         import numkong
 
-        def score(part: list[np.ndarray]) -> None:
-            for group in part:
-                l = int(flat[group[0]])
-                n = int(self.offsets[l + 1] - self.offsets[l])
+        def score(part: range) -> None:
+            for g in part:
+                n, a, b = list_rows[g], begins[g], begins[g + 1]
                 if n == 0:
                     continue
-                products = np.asarray(numkong.dots_packed(codes[group // probes], self._packed[l]))   # int32
-                for at, row in zip(starts.flat[group].tolist(), products):
+                products = np.asarray(numkong.dots_packed(codes[query_of[a:b]], self._packed[lists_of[g]]))   # int32
+                for at, row in zip(start_of[a:b], products):
                     found[at:at + n] = row
 
         keys = np.zeros((len(block), count), dtype=np.uint64)
@@ -229,8 +250,8 @@ class IVFShortlist:
             keys[part, :take] = np.where(valid, self.keys[np.where(valid, where, 0)], 0)
             distances[part, :take] = np.where(valid, 1.0 - values * unit, np.nan)
 
-        n = len(_blocks(len(groups)))
-        parallel(score, [groups[s::n] for s in range(n)])     # interleaved: big and small lists mixed
+        n = len(_blocks(len(lists_of)))
+        parallel(score, [range(s, len(lists_of), n) for s in range(n)])     # interleaved: big and small lists mixed
         by_run = np.argsort(runs, kind="stable")                             # little padding per block
         parallel(select, [by_run[r.start:r.stop] for r in _blocks(len(block), per_block=64)])
         return Matches(keys, distances, counts, computed_distances=int(sizes.sum()) + len(block) * self.lists)
