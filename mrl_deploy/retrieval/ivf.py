@@ -192,7 +192,8 @@ class IVFShortlist:
         block = np.asarray(block, dtype=np.float32)
         probes = max(1, min(self.expansion_search, self.lists))
         nearest = nearest_lists(block @ self.centroids.T, probes)
-        sizes = np.diff(self.offsets)[nearest]                                      # Q x probes
+        list_sizes = np.diff(self.offsets)
+        sizes = list_sizes[nearest]                                                 # Q x probes
         runs = sizes.sum(axis=1)                                        # rows each query scores
         # one run of `found` per query: its probed lists' scores one after another
         ends = np.cumsum(sizes.ravel()).reshape(sizes.shape)
@@ -204,10 +205,9 @@ class IVFShortlist:
         # group g: the pairs [begins[g], begins[g + 1]) probing list lists_of[g] (plain lists and
         # slices: np.split into ~1,500 arrays was 3 ms of a 1,000-query batch)
         by_list = flat[pairs]
-        begins = np.concatenate([[0], np.flatnonzero(np.diff(by_list)) + 1, [len(pairs)]]) if len(pairs) else np.zeros(1, int)
-        lists_of = by_list[begins[:-1]]
-        list_rows = np.diff(self.offsets)[lists_of].tolist()
-        lists_of, begins = lists_of.tolist(), begins.tolist()
+        firsts = np.flatnonzero(np.diff(by_list, prepend=-1))                       # empty for no pairs
+        lists_of, list_rows = by_list[firsts].tolist(), list_sizes[by_list[firsts]].tolist()
+        begins = firsts.tolist() + [len(pairs)]
         query_of, start_of = pairs // probes, starts.ravel()[pairs].tolist()
         import numkong
 
